@@ -1,0 +1,211 @@
+"""Stage 1, split: read the data source, validate it, write a seeded stratified train/val/test split.
+
+Source ``digits`` is scikit-learn's 1,797 real 8x8 handwritten digits (drawn as dark ink on
+white, like a scan); source ``folder`` is ``data.folder`` laid out as ``<class>/<image>``.
+Every image is decoded once, here, to ``data.image_size`` square RGB, and stored as uint8
+``.npy`` arrays that the later stages memory-map.
+
+Outputs (``data/split/``): ``{train,val,test}_images.npy``, ``{train,val,test}_labels.npy``,
+``manifest.csv`` (where each image came from), ``classes.json``, ``report.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from stages.common.errors import PipelineError, run_stage
+from stages.common.images import ImageError, decode_image, image_to_array, scan_folder
+from stages.common.io import npy_writer, save_npy, scratch_path, write_json, write_text
+from stages.common.params import load_params
+
+OUT = Path("data/split")
+SPLITS = ("train", "val", "test")
+
+
+def load_digits_source(size: int) -> tuple[list[str], list, np.ndarray, list[str]]:
+    """scikit-learn's digits as (classes, items, labels, names); items are 8x8 uint8 images."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # 0..16 ink intensity -> dark ink on white paper, 0..255.
+    ink = np.rint(255 - digits.images * (255 / 16)).astype(np.uint8)
+    names = [f"digits#{i}" for i in range(len(ink))]
+    return [str(c) for c in digits.target_names], list(ink), digits.target.astype(np.int32), names
+
+
+def decode_item(item, size: int) -> np.ndarray:
+    """One source item (a file path, or an in-memory grayscale array) -> (size, size, 3) uint8."""
+    if isinstance(item, np.ndarray):
+        return image_to_array(Image.fromarray(item, mode="L"), size)
+    return decode_image(item, size)
+
+
+def stratified_split(
+    labels: np.ndarray,
+    classes: list[str],
+    val: float,
+    test: float,
+    seed: int,
+    max_per_class: int | None,
+) -> dict[str, np.ndarray]:
+    """Per class: shuffle (seeded), keep at most ``max_per_class``, cut test then val; rest trains.
+
+    Each class gets round(n * fraction) test and val images, at least one of each, and at least
+    one training image; a class too small for that stops the run naming the class and the keys.
+    """
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    for index, name in enumerate(classes):
+        members = np.flatnonzero(labels == index)
+        members = members[rng.permutation(len(members))]
+        if max_per_class is not None:
+            members = members[:max_per_class]
+        n = len(members)
+        n_test, n_val = round(n * test), round(n * val)
+        if n_test < 1 or n_val < 1 or n - n_test - n_val < 1:
+            raise PipelineError(
+                f"class '{name}' has {n} image(s): with split.val={val} and split.test={test} it gets "
+                f"{n_test} test, {n_val} val and {n - n_test - n_val} train image(s); each needs at "
+                "least 1. Add images to that class, remove the class folder, or raise split.val / "
+                "split.test."
+            )
+        parts["test"].append(members[:n_test])
+        parts["val"].append(members[n_test : n_test + n_val])
+        parts["train"].append(members[n_test + n_val :])
+    return {s: np.sort(np.concatenate(parts[s])) for s in SPLITS}
+
+
+def decode_source(
+    items: list, names: list[str], size: int, path: Path
+) -> tuple[np.ndarray, list[int], list[str]]:
+    """Decode every item once into a memory-mapped .npy at ``path``; unreadable files are skipped.
+
+    Returns the memory-mapped images (rows of unreadable files left zero), the indices that
+    decoded, and the names of those that did not.
+    """
+    good, bad = [], []
+    array = np.lib.format.open_memmap(
+        path, mode="w+", dtype=np.uint8, shape=(len(items), size, size, 3)
+    )
+    for i, item in enumerate(items):
+        try:
+            array[i] = decode_item(item, size)
+            good.append(i)
+        except ImageError as err:
+            print(f"  skipped: {err}")
+            bad.append(names[i])
+    return array, good, bad
+
+
+def load_source(data: dict) -> tuple[list[str], list, np.ndarray, list[str], dict[str, list[str]]]:
+    """Return (classes, items, labels, names, skipped) for the configured source."""
+    if data["source"] == "digits":
+        return (*load_digits_source(data["image_size"]), {})
+    scan = scan_folder(data["folder"])
+    for reason, paths in scan.skipped.items():
+        print(
+            f"  skipped {len(paths)} ({reason}): {', '.join(paths[:5])}{' ...' if len(paths) > 5 else ''}"
+        )
+    if not scan.classes:
+        raise PipelineError(
+            f"data.folder '{data['folder']}' has no class sub-folders. Lay it out as "
+            "<class>/<image> (e.g. 0/a.png, 1/b.png)."
+        )
+    items = [path for path, _ in scan.files]
+    names = [str(path.relative_to(data["folder"])) for path in items]
+    labels = np.array([label for _, label in scan.files], dtype=np.int32)
+    return scan.classes, items, labels, names, scan.skipped
+
+
+def check_classes(classes: list[str], labels: np.ndarray, folder: str) -> None:
+    """Stop on classes left without a usable image, or on fewer than two classes."""
+    empty = [
+        c
+        for c, n in zip(classes, np.bincount(labels, minlength=len(classes)), strict=True)
+        if n == 0
+    ]
+    if empty:
+        raise PipelineError(
+            f"class folder(s) {empty} in '{folder}' hold no usable image. Add images or remove "
+            "the folder."
+        )
+    if len(classes) < 2:
+        raise PipelineError(
+            f"data.folder '{folder}' has a single class {classes}: a classifier needs at least 2 "
+            "class sub-folders."
+        )
+
+
+def write_manifest(
+    parts: dict[str, np.ndarray], labels: np.ndarray, names: list[str], classes: list[str]
+) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["split", "row", "class", "source"])
+    for split in SPLITS:
+        for row, i in enumerate(parts[split]):
+            writer.writerow([split, row, classes[labels[i]], names[i]])
+    write_text(OUT / "manifest.csv", buffer.getvalue())
+
+
+def main() -> None:
+    params = load_params("data", "split")
+    data, split = params["data"], params["split"]
+    start = time.perf_counter()
+    classes, items, labels, names, skipped = load_source(data)
+    size = data["image_size"]
+    with scratch_path(OUT, ".npy") as scratch:
+        images, good, bad = decode_source(items, names, size, scratch)
+        if bad:
+            skipped["unreadable image"] = bad
+        labels, names = labels[good], [names[i] for i in good]
+        if data["source"] == "folder":
+            check_classes(classes, labels, data["folder"])
+        parts = stratified_split(
+            labels, classes, split["val"], split["test"], split["seed"], data["max_per_class"]
+        )
+        for name in SPLITS:
+            rows = np.asarray(good)[parts[name]]
+            with npy_writer(
+                OUT / f"{name}_images.npy", (len(rows), size, size, 3), np.uint8
+            ) as out:
+                for start_row in range(0, len(rows), 1024):
+                    out[start_row : start_row + 1024] = images[rows[start_row : start_row + 1024]]
+            save_npy(OUT / f"{name}_labels.npy", labels[parts[name]])
+        del images
+    write_manifest(parts, labels, names, classes)
+    write_json(OUT / "classes.json", classes)
+    report = {
+        "source": "sklearn digits" if data["source"] == "digits" else str(data["folder"]),
+        "classes": len(classes),
+        "image_size": size,
+        "images": {s: len(parts[s]) for s in SPLITS},
+        "per_class": {
+            s: dict(
+                zip(
+                    classes,
+                    np.bincount(labels[parts[s]], minlength=len(classes)).tolist(),
+                    strict=True,
+                )
+            )
+            for s in SPLITS
+        },
+        "skipped": {reason: len(paths) for reason, paths in sorted(skipped.items())},
+        "skipped_files": {reason: paths for reason, paths in sorted(skipped.items())},
+    }
+    write_json(OUT / "report.json", report)
+    counts = ", ".join(f"{s} {len(parts[s])}" for s in SPLITS)
+    print(
+        f"split: wrote {OUT}/ ({len(classes)} classes, {counts} images at {size}x{size}, "
+        f"{sum(map(len, skipped.values()))} skipped) in {time.perf_counter() - start:.1f}s"
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)
