@@ -23,38 +23,95 @@ from PIL import Image, ImageOps
 
 from stages.common.errors import PipelineError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-# Files that operating systems and tools leave in folders: skipped and counted, never an error.
-STRAY_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"}
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# Files and folders that operating systems and tools leave behind (lower case): skipped and
+# counted, never an error. Names starting with "." are skipped too.
+STRAY_NAMES = {
+    ".ds_store",
+    "thumbs.db",
+    "ehthumbs.db",
+    "desktop.ini",
+    "icon\r",
+    "__macosx",
+    "$recycle.bin",
+    "system volume information",
+    "@eadir",
+}
 # Refuse anything above this many pixels before decoding it (a 50-megapixel photo is fine).
 MAX_PIXELS = 64_000_000
 
+# Why a file was skipped: the key counted in data/split/report.json, and what the user can do.
+SKIP_REASONS: dict[str, str] = {
+    "hidden_or_system_file": "hidden or system file (.DS_Store, Thumbs.db, desktop.ini, "
+    "__MACOSX, names starting with '.'); nothing to do",
+    "other_extension": f"extension not one of {' '.join(IMAGE_EXTENSIONS)}; convert it "
+    "(e.g. HEIC to JPEG) if it is an image you want",
+    "outside_class_folder": "file directly under data.folder, not in a class sub-folder; move "
+    "it into one",
+    "nested_folder": "nested sub-folder (only <class>/<image> is read); move its images up "
+    "into the class folder",
+    "symlink_outside": "symlink leading outside data.folder; copy the files in instead",
+    "not_a_regular_file": "broken symlink, pipe or device; replace it with a real file",
+    "empty_file": "empty file (0 bytes); delete it or replace it with the image",
+    "unreadable_image": "corrupt, truncated or not an image despite its extension; re-export "
+    "it or delete it",
+    "too_large": f"more than {MAX_PIXELS:,} pixels or a possible decompression bomb; downscale it",
+}
+
 
 class ImageError(PipelineError):
-    """One file could not be used as an image; the message names the file and the reason."""
+    """One file could not be used as an image; the message names the file and the reason.
+
+    ``reason`` is the SKIP_REASONS key under which the split stage counts the file.
+    """
+
+    def __init__(self, message: str, reason: str = "unreadable_image") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _scale_to_uint8(array: np.ndarray, top: float) -> Image.Image:
+    """Map 0..top linearly onto 0..255 (rounding, clipping) as an 8-bit grayscale image."""
+    scaled = np.clip(array.astype(np.float64) * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
+
+
+def _gray_range(img: Image.Image, array: np.ndarray) -> float:
+    """The white level of a 16/32-bit integer or float grayscale image.
+
+    16-bit modes (I;16*): 65535. 32-bit integers (I): 255 if every value fits 8 bits, 65535 if
+    they fit 16 bits (how PNG, TIFF and PGM store them), else the image's own maximum. Floats
+    (F): 1.0 if every value lies in [0, 1], else the image's own maximum.
+    """
+    if img.mode.startswith("I;16"):
+        return 65535.0
+    peak = float(array.max()) if array.size else 0.0
+    if img.mode == "F":
+        return 1.0 if peak <= 1.0 else peak
+    if peak <= 255:
+        return 255.0
+    return 65535.0 if peak <= 65535 else peak
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB, the way a person would expect it to look.
 
-    * transparency (RGBA, LA, palette with transparency) is composited onto white, since
-      handwriting is dark ink on light paper;
-    * 16/32-bit grayscale (I;16, I) is scaled from its own full range to 0-255;
-    * CMYK, YCbCr, 1-bit and palette images go through Pillow's own conversion.
+    * transparency (RGBA, LA, PA, palette or grayscale/RGB with a transparent colour) is
+      composited onto white, since handwriting is dark ink on light paper;
+    * 16/32-bit integer and float grayscale (I;16, I, F) is scaled linearly to 0-255, white
+      level as in ``_gray_range`` (a 16-bit image spanning 0..65535 comes out spanning 0..255);
+    * 16-bit-per-channel RGB(A) is already reduced to 8 bits by Pillow when it opens the file;
+    * CMYK, YCbCr, LAB, HSV, 1-bit and palette images go through Pillow's own conversion.
     """
-    if img.mode == "P" and "transparency" in img.info:
+    if "transparency" in img.info and img.mode in ("P", "L", "RGB", "1"):
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if img.mode.startswith("I") or img.mode == "F":
-        array = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") else max(float(array.max()), 1.0)
-        if img.mode == "F":
-            top = max(float(array.max()), 1e-12)
-        scaled = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(scaled, mode="L").convert("RGB")
+        array = np.asarray(img)
+        return _scale_to_uint8(array, _gray_range(img, array)).convert("RGB")
     return img.convert("RGB")
 
 
@@ -66,37 +123,52 @@ def image_to_array(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
+def _open_checked(path: Path) -> Image.Image:
+    """Open ``path`` lazily (header only) and refuse it if it has too many pixels."""
+    if not path.is_file():
+        raise ImageError(f"{path}: file not found or not a regular file.", "not_a_regular_file")
+    if path.stat().st_size == 0:
+        raise ImageError(
+            f"{path}: empty file (0 bytes). Delete it or replace it with an image.", "empty_file"
+        )
+    img = Image.open(path)
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        img.close()
+        raise ImageError(
+            f"{path}: {width}x{height} pixels is more than the {MAX_PIXELS:,} this pipeline "
+            "decodes. Downscale it (any side of a few hundred pixels is plenty).",
+            "too_large",
+        )
+    return img
+
+
 def decode_image(path: str | Path, size: int) -> np.ndarray:
     """Decode one image file to a ``(size, size, 3)`` uint8 RGB array.
 
-    EXIF orientation is applied, the image is stretched to a square (as Keras'
-    ``image_dataset_from_directory`` does) with bilinear filtering. Raises ImageError naming the
-    file for anything that is not a usable image.
+    The size is checked from the header before any pixel is decoded. EXIF orientation is
+    applied, the image is stretched to a square (as Keras' ``image_dataset_from_directory``
+    does) with bilinear filtering. Animated and multi-page files give their first frame.
+    Raises ImageError naming the file for anything that is not a usable image.
     """
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
-            raise ImageError(
-                f"{path}: empty file (0 bytes). Delete it or replace it with an image."
-            )
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                width, height = img.size
-                if width * height > MAX_PIXELS:
-                    raise ImageError(
-                        f"{path}: {width}x{height} pixels is more than the {MAX_PIXELS:,} this "
-                        "pipeline decodes. Downscale it (any side of a few hundred pixels is plenty)."
-                    )
+            with _open_checked(path) as img:
                 img.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster
                 return image_to_array(ImageOps.exif_transpose(img), size)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(f"{path}: refused as a possible decompression bomb ({err}).") from None
-    except FileNotFoundError:
-        raise ImageError(f"{path}: file not found.") from None
-    except (OSError, ValueError, SyntaxError) as err:
+        raise ImageError(
+            f"{path}: refused as a possible decompression bomb ({err}). Downscale it.", "too_large"
+        ) from None
+    except MemoryError:
+        raise
+    # Pillow reports damaged files with many exception types (OSError, SyntaxError, EOFError,
+    # struct.error, ...); each one means this file, not the run, is broken.
+    except Exception as err:
         raise ImageError(
             f"{path}: not a readable image ({type(err).__name__}: {err}). "
             "Delete it, re-export it, or move it out of the folder."
@@ -127,7 +199,8 @@ class FolderScan:
         self.skipped.setdefault(reason, []).append(relpath)
 
 
-def _is_stray(name: str) -> bool:
+def is_stray(name: str) -> bool:
+    """Hidden (dot) files and folders, and the ones operating systems leave behind."""
     return name.startswith(".") or name.lower() in STRAY_NAMES
 
 
@@ -136,47 +209,89 @@ def class_name(folder: Path) -> str:
     return unicodedata.normalize("NFC", folder.name)
 
 
-def scan_folder(root: str | Path) -> FolderScan:
-    """List the images of a ``<class>/<image>`` folder without decoding them.
+def _list_dir(folder: Path) -> list[Path]:
+    """The entries of ``folder`` sorted by their NFC name (the same order on every OS)."""
+    try:
+        return sorted(folder.iterdir(), key=class_name)
+    except OSError as err:
+        raise PipelineError(
+            f"cannot list '{folder}' ({err.strerror or err}). Check that it exists and is readable."
+        ) from None
 
-    Classes are the sub-folders, sorted by name. Stray files (hidden files, .DS_Store,
-    Thumbs.db, desktop.ini), files with other extensions, files directly under the root,
-    nested sub-folders and symlinks leading outside the root are skipped and reported.
-    """
-    root = Path(root)
+
+def _check_root(root: Path) -> None:
     if not root.exists():
         raise PipelineError(
             f"data.folder '{root}' does not exist. Create it with one sub-folder per class "
-            "(e.g. data/raw/0/img1.png) or set data.source: digits."
+            "(e.g. data/raw/cat/img1.jpg, data/raw/dog/img2.jpg) or set data.source: digits."
         )
     if not root.is_dir():
-        raise PipelineError(f"data.folder '{root}' is a file, not a folder of class sub-folders.")
+        raise PipelineError(
+            f"data.folder '{root}' is a file, not a folder. Point data.folder at a folder holding "
+            "one sub-folder per class."
+        )
+
+
+def _leaves_root(entry: Path, real_root: Path) -> bool:
+    """True for a symlink (or a path through one) that resolves outside ``real_root``."""
+    try:
+        return not entry.resolve().is_relative_to(real_root)
+    except (OSError, RuntimeError):  # a symlink loop: not a usable file either way
+        return False
+
+
+def _entry_reason(entry: Path, real_root: Path) -> str | None:
+    """Why an entry inside a class folder is skipped, or None for an image file to decode."""
+    if is_stray(entry.name):
+        return "hidden_or_system_file"
+    if _leaves_root(entry, real_root):
+        return "symlink_outside"
+    if entry.is_dir():
+        return "nested_folder"
+    if not entry.is_file():
+        return "not_a_regular_file"
+    if entry.suffix.lower() not in IMAGE_EXTENSIONS:
+        return "other_extension"
+    return None
+
+
+def scan_folder(root: str | Path) -> FolderScan:
+    """List the images of a ``<class>/<image>`` folder without decoding (or writing) anything.
+
+    Classes are the sub-folders, sorted by NFC name. Files with other extensions, hidden and
+    system files, files directly under the root, nested sub-folders, broken symlinks and
+    symlinks leading outside the root are skipped under a SKIP_REASONS key. Two folders whose
+    names differ only in Unicode normalisation are an error (they would be one class).
+    """
+    root = Path(root)
+    _check_root(root)
     real_root = root.resolve()
     scan = FolderScan(classes=[], files=[])
-    entries = sorted(root.iterdir(), key=lambda p: class_name(p))
     class_dirs = []
-    for entry in entries:
-        rel = entry.name
-        if _is_stray(entry.name):
-            scan.skip("hidden or system file", rel)
-        elif entry.is_dir() and not entry.resolve().is_relative_to(real_root):
-            scan.skip("symlink leading outside the folder", rel)
+    for entry in _list_dir(root):
+        if is_stray(entry.name):
+            scan.skip("hidden_or_system_file", entry.name)
+        elif _leaves_root(entry, real_root):
+            scan.skip("symlink_outside", entry.name)
         elif entry.is_dir():
             class_dirs.append(entry)
+        elif entry.is_file():
+            scan.skip("outside_class_folder", entry.name)
         else:
-            scan.skip("file directly under the root (not in a class folder)", rel)
+            scan.skip("not_a_regular_file", entry.name)
+    names = [class_name(d) for d in class_dirs]
+    twins = sorted({n for n in names if names.count(n) > 1})
+    if twins:
+        raise PipelineError(
+            f"data.folder '{root}' has several class folders named {twins} (the same name in "
+            "different Unicode normalisations, e.g. copied from macOS). Merge them into one."
+        )
     for index, class_dir in enumerate(class_dirs):
         scan.classes.append(class_name(class_dir))
-        for entry in sorted(class_dir.iterdir(), key=lambda p: p.name):
-            rel = f"{class_dir.name}/{entry.name}"
-            if _is_stray(entry.name):
-                scan.skip("hidden or system file", rel)
-            elif not entry.resolve().is_relative_to(real_root):
-                scan.skip("symlink leading outside the folder", rel)
-            elif entry.is_dir():
-                scan.skip("nested sub-folder (only <class>/<image> is read)", rel)
-            elif entry.suffix.lower() not in IMAGE_EXTENSIONS:
-                scan.skip(f"not an image extension {list(IMAGE_EXTENSIONS)}", rel)
-            else:
+        for entry in _list_dir(class_dir):
+            reason = _entry_reason(entry, real_root)
+            if reason is None:
                 scan.files.append((entry, index))
+            else:
+                scan.skip(reason, f"{class_dir.name}/{entry.name}")
     return scan

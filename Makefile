@@ -1,0 +1,28 @@
+# Two commands matter: `make run` (set up, then dvc repro) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+REQUIREMENTS ?= requirements-cpu.txt
+BIN := $(VENV)/bin
+
+.PHONY: setup run test lint clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+setup: $(BIN)/python
+	$(BIN)/pip install -q -r $(REQUIREMENTS) -r requirements-dev.txt
+
+run: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+test: setup
+	$(BIN)/ruff check stages tests bench
+	$(BIN)/ruff format --check stages tests bench
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check stages tests bench
+	$(BIN)/ruff format --check stages tests bench
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,170 @@
+"""Shared fixtures: a throw-away git+DVC copy of this repository with tiny params, and helpers.
+
+API (small on purpose):
+
+* ``REPO_ROOT``: the repository these tests belong to.
+* ``TINY_PARAMS``: dotted-key overrides that make ``dvc repro`` take well under a minute.
+* ``run(cmd, cwd, check=True, timeout=900)``: run a command with this venv's ``bin`` first on
+  PATH; on a non-zero exit (with ``check``) the test fails showing the command's output.
+* ``write_params(repo, overrides)``: apply ``{"train.epochs": 3, ...}`` to ``repo/params.yaml``.
+* ``write_images(folder, counts, size=16)``: write ``<class>/<i>.png`` test images.
+* ``copy_project(dest)`` and ``git_commit(repo, message, init=False)``: the fixture's parts.
+* fixture ``pipeline_repo``: a committed git repository in ``tmp_path / "repo"`` holding the
+  working-tree files of this repository (tracked and untracked-but-not-ignored, as they are now),
+  with ``TINY_PARAMS`` applied. DVC outputs and caches are not copied, so nothing is shared with
+  the real checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BIN_DIR = Path(sys.executable).parent
+
+TINY_PARAMS: dict[str, Any] = {
+    "data.source": "digits",
+    "data.image_size": 32,
+    "data.max_per_class": 12,
+    "augment.copies": 1,
+    "extract.weights": "random",
+    "extract.layer": "conv4_block6_out",
+    "train.epochs": 3,
+    "evaluate.grid_size": 20,
+}
+
+
+def command_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for subprocesses: this venv's bin first on PATH, quiet TensorFlow."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["DVC_NO_ANALYTICS"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def run(
+    cmd: Sequence[str] | str,
+    cwd: str | Path,
+    *,
+    check: bool = True,
+    timeout: float = 900,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` (a list, or a string split on whitespace) in ``cwd``; return its result.
+
+    stdout and stderr are captured as text. With ``check`` a non-zero exit fails the test and
+    shows both streams.
+    """
+    args = cmd.split() if isinstance(cmd, str) else list(cmd)
+    result = subprocess.run(
+        args,
+        cwd=cwd,
+        env=command_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and result.returncode != 0:
+        pytest.fail(
+            f"`{' '.join(args)}` exited {result.returncode} in {cwd}\n"
+            f"--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}",
+            pytrace=False,
+        )
+    return result
+
+
+def write_params(repo: str | Path, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``"train.epochs"``) in ``repo/params.yaml``; return the whole params.
+
+    A value of ``...`` (Ellipsis) deletes the key; unknown sections and keys are written as
+    given, so tests can produce invalid files on purpose. Comments are not kept.
+    """
+    path = Path(repo) / "params.yaml"
+    params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if not key:
+            params[section] = value
+            continue
+        target = params.setdefault(section, {})
+        if value is Ellipsis:
+            target.pop(key, None)
+        else:
+            target[key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return params
+
+
+def write_images(folder: str | Path, counts: Mapping[str, int], size: int = 16) -> list[Path]:
+    """Write ``counts[class]`` distinct small RGB PNGs under ``folder/<class>/``; return paths.
+
+    Each class gets its own colour and each image its own pattern, so classes are learnable and
+    no two files are identical.
+    """
+    paths = []
+    for c, (name, n) in enumerate(counts.items()):
+        class_dir = Path(folder) / name
+        class_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = np.full((size, size, 3), 40 + 50 * (c % 4), dtype=np.uint8)
+            pixels[..., c % 3] = 220
+            pixels[i % size, :, :] = 0
+            pixels[:, (3 * i) % size, :] = 255
+            path = class_dir / f"img_{i:03d}.png"
+            Image.fromarray(pixels, mode="RGB").save(path)
+            paths.append(path)
+    return paths
+
+
+def _project_files(root: Path) -> list[str]:
+    """Tracked plus untracked-but-not-ignored files of ``root``'s working tree."""
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        check=True,
+    ).stdout
+    return sorted({p for p in out.decode("utf-8").split("\0") if p})
+
+
+def copy_project(dest: Path, root: Path = REPO_ROOT) -> Path:
+    """Copy the project's working-tree files (no outputs, caches or venv) into ``dest``."""
+    for rel in _project_files(root):
+        src = root / rel
+        if src.is_file() or src.is_symlink():  # skip files deleted in the working tree
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel, follow_symlinks=False)
+    return dest
+
+
+def git_commit(repo: Path, message: str, *, init: bool = False) -> None:
+    """``git init`` (optionally), ``git add -A`` and commit everything in ``repo``."""
+    ident = ["-c", "user.name=pytest", "-c", "user.email=pytest@example.invalid"]
+    if init:
+        run(["git", "init", "-q"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", *ident, "commit", "-q", "--allow-empty", "-m", message], repo)
+
+
+@pytest.fixture
+def pipeline_repo(tmp_path: Path) -> Path:
+    """A committed git+DVC copy of the project in ``tmp_path / "repo"`` with ``TINY_PARAMS``."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    copy_project(repo)
+    write_params(repo, TINY_PARAMS)
+    git_commit(repo, "project with tiny params", init=True)
+    return repo

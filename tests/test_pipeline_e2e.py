@@ -1,0 +1,131 @@
+"""End to end: real ``dvc repro``, ``dvc exp``, ``dvc metrics diff`` and ``dvc plots diff`` in a
+temporary git+DVC copy of this repository, with tiny params (32 px, random weights, 3 epochs).
+
+The tests of this module share one repository and run in file order: the first builds and
+commits the pipeline, the next ones change params and look at what DVC did.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_PARAMS, copy_project, git_commit, run, write_params
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+STAGES = {"split", "augment", "extract", "train", "evaluate"}
+
+
+def stages_run(output: str) -> set[str]:
+    """The stages that DVC says it ran ("Running stage 'x'"), from its own output."""
+    return set(re.findall(r"Running stage '([\w-]+)'", output))
+
+
+def repro(repo: Path) -> set[str]:
+    result = run(["dvc", "repro"], repo)
+    return stages_run(result.stdout + result.stderr)
+
+
+def assert_up_to_date(repo: Path) -> None:
+    status = run(["dvc", "status"], repo)
+    assert "Data and pipelines are up to date" in status.stdout, status.stdout
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project after a full ``dvc repro`` with tiny params, committed."""
+    path = tmp_path_factory.mktemp("e2e") / "repo"
+    path.mkdir()
+    copy_project(path)
+    write_params(path, TINY_PARAMS)
+    git_commit(path, "project with tiny params", init=True)
+    assert repro(path) == STAGES
+    git_commit(path, "first run")
+    return path
+
+
+def test_full_run_writes_every_output(repo: Path) -> None:
+    metrics = json.loads((repo / "metrics/metrics.json").read_text())
+    assert metrics["features"]["weights"] == "random"
+    assert metrics["features"]["weights_source"].startswith("random initialisation")
+    assert metrics["features"]["layer"] == "conv4_block6_out"
+    assert metrics["images"]["test"] + metrics["images"]["val"] + metrics["images"]["train"] == 120
+    assert metrics["images"]["train_augmented"] == metrics["images"]["train"]  # copies: 1
+    for split in ("train", "val", "test"):
+        assert 0 <= metrics[split]["accuracy"] <= 1
+    # Even random features carry signal: well above the 10 % of guessing.
+    assert metrics["val"]["accuracy"] > 0.3
+    per_class = json.loads((repo / "metrics/per_class.json").read_text())
+    assert sorted(per_class) == [str(d) for d in range(10)]
+    assert sum(c["support"] for c in per_class.values()) == metrics["images"]["test"]
+    for name in ("confusion.png", "prediction_grid.png", "misclassified.png", "train_log.csv"):
+        assert (repo / "plots" / name).stat().st_size > 0
+    epochs = list(csv.DictReader((repo / "plots/train_log.csv").open()))
+    assert [int(row["epoch"]) for row in epochs] == [0, 1, 2]
+    assert_up_to_date(repo)
+
+
+def test_train_change_reruns_only_train_and_evaluate(repo: Path) -> None:
+    write_params(repo, {"train.dropout": 0.5})
+    assert repro(repo) == {"train", "evaluate"}
+    assert_up_to_date(repo)
+
+
+def test_augment_change_reruns_augment_onward(repo: Path) -> None:
+    write_params(repo, {"augment.rotation": 0.1})
+    assert repro(repo) == {"augment", "extract", "train", "evaluate"}
+    assert_up_to_date(repo)
+    git_commit(repo, "dropout 0.5, rotation 0.1")
+
+
+def test_predict_agrees_with_evaluate(repo: Path, tmp_path: Path) -> None:
+    images = np.load(repo / "data/split/test_images.npy")
+    rows = list(csv.DictReader((repo / "plots/predictions.csv").open()))
+    assert len(rows) == len(images)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"{i:04d}.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    out = tmp_path / "predictions.csv"
+    result = run(
+        ["python", "-m", "stages.predict", str(tmp_path), "--top", "3", "--out", str(out)],
+        repo,
+        check=False,
+    )
+    assert result.returncode == 1  # one unreadable file...
+    assert "notes.png" in result.stderr and "not a readable image" in result.stderr
+    predicted = list(csv.DictReader(out.open()))  # ...but every real image was classified
+    assert [Path(r["path"]).name for r in predicted] == [f"{i:04d}.png" for i in range(len(images))]
+    assert [r["class_1"] for r in predicted] == [r["predicted"] for r in rows]
+    probabilities = [float(r["probability_1"]) for r in predicted]
+    assert np.allclose(probabilities, [float(r["confidence"]) for r in rows], atol=2e-3)
+
+
+def test_metrics_and_plots_diff_between_commits(repo: Path, tmp_path: Path) -> None:
+    write_params(repo, {"train.layers": [32], "train.dropout": 0.0})
+    assert repro(repo) == {"train", "evaluate"}
+    diff = run(["dvc", "metrics", "diff", "--json"], repo)
+    changes = json.loads(diff.stdout)["metrics/metrics.json"]
+    assert set(changes["test.accuracy"]) >= {"old", "new"}
+    text = run(["dvc", "metrics", "diff"], repo).stdout
+    assert "test.accuracy" in text
+
+    out = tmp_path / "page"
+    run(["dvc", "plots", "diff", "HEAD", "-o", str(out)], repo)
+    page = (out / "index.html").read_text()
+    assert "Test confusion matrix" in page
+    assert "Accuracy per epoch" in page and "Loss per epoch" in page
+    assert "prediction_grid.png" in page
+
+
+def test_experiment_shows_up_in_exp_show(repo: Path) -> None:
+    git_commit(repo, "smaller head")
+    run(["dvc", "exp", "run", "-S", "train.epochs=2", "-n", "two-epochs"], repo)
+    shown = run(["dvc", "exp", "show", "--json"], repo).stdout
+    assert "two-epochs" in shown
+    table = run(["dvc", "exp", "show", "--no-pager", "--md"], repo).stdout
+    assert "two-epochs" in table and "test.accuracy" in table
