@@ -4,7 +4,7 @@ VENV ?= .venv
 REQUIREMENTS ?= requirements-cpu.txt
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint clean-venv
+.PHONY: setup run test lint plots clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,13 +16,17 @@ run: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 test: setup
-	$(BIN)/ruff check stages tests bench
-	$(BIN)/ruff format --check stages tests bench
+	$(BIN)/ruff check stages tests bench tools
+	$(BIN)/ruff format --check stages tests bench tools
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check stages tests bench
-	$(BIN)/ruff format --check stages tests bench
+	$(BIN)/ruff check stages tests bench tools
+	$(BIN)/ruff format --check stages tests bench tools
+
+# Workspace vs HEAD as one self-contained page (works offline: .dvc/plots/offline.html).
+plots: setup
+	$(BIN)/dvc plots diff HEAD -o dvc_plots
 
 clean-venv:
 	rm -rf $(VENV)
