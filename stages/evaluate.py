@@ -150,7 +150,9 @@ def draw_gallery(
     for ax, image, y, p in zip(axes.flat, images, labels, predicted, strict=False):
         ax.imshow(image)
         caption = f"{classes[y]}→{classes[p]}" if show_truth else classes[p]
-        ax.set_title(caption, color=RIGHT if y == p else WRONG, fontsize=12, fontweight="bold", pad=2)
+        ax.set_title(
+            caption, color=RIGHT if y == p else WRONG, fontsize=12, fontweight="bold", pad=2
+        )
     if len(images) == 0:
         axes.flat[0].text(0.5, 0.5, "none", color="white", ha="center", va="center")
     fig.suptitle(title, color="white", fontsize=12)
@@ -194,7 +196,9 @@ def main() -> None:
     write_predictions(probs, labels, classes)
     draw_confusion(labels, predicted, classes)
     images = load_npy(SPLIT / "test_images.npy", mmap=True)
-    order = np.random.default_rng(evaluate["seed"]).permutation(len(labels))[: evaluate["grid_size"]]
+    order = np.random.default_rng(evaluate["seed"]).permutation(len(labels))[
+        : evaluate["grid_size"]
+    ]
     grid_right = int(np.sum(labels[order] == predicted[order]))
     draw_gallery(
         images[order],

@@ -20,7 +20,13 @@ import numpy as np
 from PIL import Image
 
 from stages.common.errors import PipelineError, run_stage
-from stages.common.images import ImageError, decode_image, image_to_array, scan_folder
+from stages.common.images import (
+    SKIP_REASONS,
+    ImageError,
+    decode_image,
+    image_to_array,
+    scan_folder,
+)
 from stages.common.io import npy_writer, save_npy, scratch_path, write_json, write_text
 from stages.common.params import load_params
 
@@ -83,13 +89,14 @@ def stratified_split(
 
 def decode_source(
     items: list, names: list[str], size: int, path: Path
-) -> tuple[np.ndarray, list[int], list[str]]:
-    """Decode every item once into a memory-mapped .npy at ``path``; unreadable files are skipped.
+) -> tuple[np.ndarray, list[int], dict[str, list[str]]]:
+    """Decode every item once into a memory-mapped .npy at ``path``; unusable files are skipped.
 
-    Returns the memory-mapped images (rows of unreadable files left zero), the indices that
-    decoded, and the names of those that did not.
+    Returns the memory-mapped images (rows of skipped files left zero), the indices that
+    decoded, and the names of those that did not, by SKIP_REASONS key.
     """
-    good, bad = [], []
+    good: list[int] = []
+    bad: dict[str, list[str]] = {}
     array = np.lib.format.open_memmap(
         path, mode="w+", dtype=np.uint8, shape=(len(items), size, size, 3)
     )
@@ -99,41 +106,46 @@ def decode_source(
             good.append(i)
         except ImageError as err:
             print(f"  skipped: {err}")
-            bad.append(names[i])
+            bad.setdefault(err.reason, []).append(names[i])
     return array, good, bad
+
+
+def print_skipped(skipped: dict[str, list[str]]) -> None:
+    for reason, paths in sorted(skipped.items()):
+        shown = ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
+        print(f"  skipped {len(paths)} file(s), {SKIP_REASONS[reason]}: {shown}")
 
 
 def load_source(data: dict) -> tuple[list[str], list, np.ndarray, list[str], dict[str, list[str]]]:
     """Return (classes, items, labels, names, skipped) for the configured source."""
     if data["source"] == "digits":
         return (*load_digits_source(data["image_size"]), {})
-    scan = scan_folder(data["folder"])
-    for reason, paths in scan.skipped.items():
-        print(
-            f"  skipped {len(paths)} ({reason}): {', '.join(paths[:5])}{' ...' if len(paths) > 5 else ''}"
-        )
+    folder = data["folder"]
+    scan = scan_folder(folder)
+    print_skipped(scan.skipped)
     if not scan.classes:
+        loose = len(scan.skipped.get("outside_class_folder", []))
         raise PipelineError(
-            f"data.folder '{data['folder']}' has no class sub-folders. Lay it out as "
-            "<class>/<image> (e.g. 0/a.png, 1/b.png)."
+            f"data.folder '{folder}' has no class sub-folders"
+            + (f" ({loose} file(s) lie directly in it)" if loose else "")
+            + ". Lay it out as <class>/<image> (e.g. cat/a.jpg, dog/b.jpg)."
         )
     items = [path for path, _ in scan.files]
-    names = [str(path.relative_to(data["folder"])) for path in items]
+    names = [str(path.relative_to(folder)) for path in items]
     labels = np.array([label for _, label in scan.files], dtype=np.int32)
+    check_classes(scan.classes, labels, folder)
     return scan.classes, items, labels, names, scan.skipped
 
 
 def check_classes(classes: list[str], labels: np.ndarray, folder: str) -> None:
     """Stop on classes left without a usable image, or on fewer than two classes."""
-    empty = [
-        c
-        for c, n in zip(classes, np.bincount(labels, minlength=len(classes)), strict=True)
-        if n == 0
-    ]
+    counts = np.bincount(labels, minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
     if empty:
         raise PipelineError(
-            f"class folder(s) {empty} in '{folder}' hold no usable image. Add images or remove "
-            "the folder."
+            f"class folder(s) {empty} in '{folder}' hold no usable image (only image files "
+            "directly inside a class folder count; skipped files are listed above). Add images "
+            "or remove the folder."
         )
     if len(classes) < 2:
         raise PipelineError(
@@ -162,8 +174,8 @@ def main() -> None:
     size = data["image_size"]
     with scratch_path(OUT, ".npy") as scratch:
         images, good, bad = decode_source(items, names, size, scratch)
-        if bad:
-            skipped["unreadable image"] = bad
+        for reason, paths in bad.items():
+            skipped.setdefault(reason, []).extend(paths)
         labels, names = labels[good], [names[i] for i in good]
         if data["source"] == "folder":
             check_classes(classes, labels, data["folder"])
@@ -196,7 +208,8 @@ def main() -> None:
             )
             for s in SPLITS
         },
-        "skipped": {reason: len(paths) for reason, paths in sorted(skipped.items())},
+        # Every reason, 0 included, so that `dvc metrics diff` always compares the same keys.
+        "skipped": {reason: len(skipped.get(reason, [])) for reason in SKIP_REASONS},
         "skipped_files": {reason: paths for reason, paths in sorted(skipped.items())},
     }
     write_json(OUT / "report.json", report)

@@ -8,6 +8,9 @@ API (small on purpose):
   PATH; on a non-zero exit (with ``check``) the test fails showing the command's output.
 * ``write_params(repo, overrides)``: apply ``{"train.epochs": 3, ...}`` to ``repo/params.yaml``.
 * ``write_images(folder, counts, size=16)``: write ``<class>/<i>.png`` test images.
+* ``snapshot(folder)``: every file's bytes and mtime, to show a folder was left untouched.
+* ``png_bytes(width, height, depth, color, rows)``: a hand-made PNG (any bit depth, or a header
+  that claims any size with ``rows=None``); ``scanlines(array)`` makes its rows.
 * ``copy_project(dest)`` and ``git_commit(repo, message, init=False)``: the fixture's parts.
 * fixture ``pipeline_repo``: a committed git repository in ``tmp_path / "repo"`` holding the
   working-tree files of this repository (tracked and untracked-but-not-ignored, as they are now),
@@ -19,8 +22,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -168,3 +173,30 @@ def pipeline_repo(tmp_path: Path) -> Path:
     write_params(repo, TINY_PARAMS)
     git_commit(repo, "project with tiny params", init=True)
     return repo
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file's bytes and mtime (ns) under ``folder``, symlinks not followed."""
+    return {
+        str(p.relative_to(folder)): (
+            p.read_bytes() if p.is_file() and not p.is_symlink() else b"",
+            p.lstat().st_mtime_ns,
+        )
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bytes(width: int, height: int, depth: int, color: int, rows: bytes | None) -> bytes:
+    """A PNG file; ``rows`` are the filtered scanlines (None: header only, no pixel data)."""
+    header = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)
+    data = png_chunk(b"IDAT", zlib.compress(rows)) if rows is not None else b""
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + data + png_chunk(b"IEND", b"")
+
+
+def scanlines(array: np.ndarray) -> bytes:
+    """Unfiltered PNG scanlines of a (h, w[, c]) big-endian array."""
+    return b"".join(b"\x00" + row.tobytes() for row in array)

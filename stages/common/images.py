@@ -126,7 +126,11 @@ def image_to_array(img: Image.Image, size: int) -> np.ndarray:
 def _open_checked(path: Path) -> Image.Image:
     """Open ``path`` lazily (header only) and refuse it if it has too many pixels."""
     if not path.is_file():
-        raise ImageError(f"{path}: file not found or not a regular file.", "not_a_regular_file")
+        raise ImageError(
+            f"{path}: file not found or not a regular file (a broken symlink, folder or pipe). "
+            "Replace it with the image file or delete it.",
+            "not_a_regular_file",
+        )
     if path.stat().st_size == 0:
         raise ImageError(
             f"{path}: empty file (0 bytes). Delete it or replace it with an image.", "empty_file"

@@ -1,12 +1,15 @@
 """Atomic writes: every output appears whole or not at all.
 
 A stage killed at any moment (Ctrl-C, SIGKILL, out of memory) leaves at most a hidden
-``.tmp-*`` file behind, never a truncated output that looks finished.
+``.tmp-*`` or ``.scratch-*`` file behind, never a truncated output that looks finished; the
+next write of the same output removes such leftovers (and DVC deletes a stage's declared
+outputs, directories included, before it runs the stage again).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -23,11 +26,22 @@ def _umask() -> int:
     return mask
 
 
+def remove_leftovers(directory: Path, prefix: str) -> None:
+    """Delete files named ``prefix*`` in ``directory``: temporaries of a run that was killed."""
+    for stale in directory.glob(glob.escape(prefix) + "*"):
+        if stale.is_file() or stale.is_symlink():
+            stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Temporaries of ``path`` left by an earlier, killed run are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path.parent, f".tmp-{path.name}.")
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
     os.close(fd)
     # Keep the real suffix so that libraries which dispatch on it (Keras, numpy) still work.
@@ -62,6 +76,7 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
 
 
 def load_npy(path: str | Path, mmap: bool = False) -> np.ndarray:
+    """Load a .npy array; object arrays (pickles, which can run code) are refused."""
     return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
 
 
@@ -80,8 +95,12 @@ def npy_writer(path: str | Path, shape: tuple[int, ...], dtype: Any) -> Iterator
 
 @contextlib.contextmanager
 def scratch_path(directory: str | Path, suffix: str) -> Iterator[Path]:
-    """Yield a temporary file path in ``directory``, deleted afterwards whatever happens."""
+    """Yield a temporary file path in ``directory``, deleted afterwards whatever happens.
+
+    Scratch files of an earlier, killed run in ``directory`` are removed first.
+    """
     Path(directory).mkdir(parents=True, exist_ok=True)
+    remove_leftovers(Path(directory), ".scratch-")
     fd, tmp = tempfile.mkstemp(prefix=".scratch-", suffix=suffix, dir=directory)
     os.close(fd)
     try:

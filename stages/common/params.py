@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ RESNET50_LAYERS = ["pool1_pool"] + [
 ]
 MIN_IMAGE_SIZE = 32  # keras.applications.ResNet50 refuses smaller inputs
 MAX_IMAGE_SIZE = 1024
+MAX_SEED = 2**31 - 1  # numpy and TensorFlow both accept it, with room for seed + i
 
 
 class ParamsError(ValueError):
@@ -34,10 +36,11 @@ class ParamsError(ValueError):
 
 @dataclass(frozen=True)
 class Rule:
-    """What one key accepts: a check returning an error text (or None) and its description."""
+    """What one key accepts: a description for messages and a check of a value."""
 
     allowed: str
     check: Callable[[Any], bool]
+    choices: tuple[str, ...] = ()  # for one_of: the names a typo is matched against
 
 
 def _is_int(v: Any) -> bool:
@@ -45,7 +48,7 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+    return _is_int(v) or (isinstance(v, float) and math.isfinite(v))
 
 
 def integer(lo: int, hi: int | None = None) -> Rule:
@@ -63,8 +66,12 @@ def number(lo: float, hi: float, *, hi_open: bool = True, lo_open: bool = False)
     )
 
 
-def one_of(*choices: Any) -> Rule:
-    return Rule(f"one of {list(choices)}", lambda v: isinstance(v, str) and v in choices)
+def one_of(*choices: str) -> Rule:
+    return Rule(f"one of {list(choices)}", lambda v: isinstance(v, str) and v in choices, choices)
+
+
+def seed() -> Rule:
+    return integer(0, MAX_SEED)
 
 
 def optional(rule: Rule) -> Rule:
@@ -102,12 +109,12 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "max_per_class": optional(integer(1)),
     },
     "split": {
-        "seed": integer(0),
+        "seed": seed(),
         "val": number(0, 1, lo_open=True),
         "test": number(0, 1, lo_open=True),
     },
     "augment": {
-        "seed": integer(0),
+        "seed": seed(),
         "copies": integer(0, 100),
         "rotation": number(0, 0.5, hi_open=False),
         "translation": number(0, 0.5, hi_open=False),
@@ -119,10 +126,10 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "layer": one_of(*RESNET50_LAYERS),
         "pooling": one_of("avg", "max"),
         "batch_size": integer(1, 4096),
-        "seed": integer(0),
+        "seed": seed(),
     },
     "train": {
-        "seed": integer(0),
+        "seed": seed(),
         "layers": layer_widths(),
         "activation": one_of("relu", "gelu", "elu", "selu", "swish", "tanh", "sigmoid"),
         "dropout": number(0, 1),
@@ -131,67 +138,152 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "learning_rate": number(0, 1, lo_open=True),
     },
     "evaluate": {
-        "seed": integer(0),
+        "seed": seed(),
         "grid_size": integer(1, 400),
     },
 }
 
 
-def _unknown_key_message(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    return f"unknown key '{key}'.{hint} Allowed keys: {known}."
+def _did_you_mean(value: Any, known: list[str]) -> str:
+    """A suggestion for a mistyped name: the same name in other case, else the closest one."""
+    if not isinstance(value, str):
+        return ""
+    lower = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(value.lower(), list(lower), n=1)
+    return f" Did you mean '{lower[close[0]]}'?" if close else ""
+
+
+def _unknown_key_message(key: str, value: Any, known: list[str]) -> str:
+    where, _, name = key.rpartition(".")
+    return (
+        f"unknown key '{key}' (value {value!r}).{_did_you_mean(name, known)} "
+        f"Allowed keys{f' in {where!r}' if where else ''}: {known}."
+    )
+
+
+def _value_hint(value: Any, rule: Rule) -> str:
+    """Why a value that looks right is not: YAML booleans, quoted numbers, a missing value."""
+    if isinstance(value, bool):
+        return " (YAML reads true/false/yes/no/on/off as booleans)"
+    if value is None:
+        return " (an empty value or ~ is null in YAML)"
+    if isinstance(value, str):
+        try:
+            float(value)
+            return " (a string, not a number: remove the quotes)"
+        except ValueError:
+            pass
+    if isinstance(value, float) and value.is_integer() and "integer" in rule.allowed:
+        return f" (write {int(value)}, without a decimal point)"
+    return ""
+
+
+def _value_message(section: str, key: str, value: Any, rule: Rule) -> str:
+    head = f"The '{section}.{key}' parameter must be {rule.allowed}. Got {value!r} instead"
+    if rule.choices:
+        return f"{head}.{_did_you_mean(value, list(rule.choices))}"
+    return f"{head}{_value_hint(value, rule)}."
+
+
+def _section_problems(section: str, value: Any) -> list[str]:
+    """The problems of one known section: unknown, invalid and missing keys."""
+    if not isinstance(value, dict):
+        return [f"'{section}' must be a mapping of keys (key: value lines), got {value!r}."]
+    rules = SCHEMA[section]
+    problems = []
+    for key, v in value.items():
+        if key not in rules:
+            problems.append(_unknown_key_message(f"{section}.{key}", v, list(rules)))
+        elif not rules[key].check(v):
+            problems.append(_value_message(section, str(key), v, rules[key]))
+    problems += [
+        f"missing key '{section}.{key}' (it must be {rule.allowed})."
+        for key, rule in rules.items()
+        if key not in value
+    ]
+    return problems
+
+
+def _split_problems(params: dict) -> list[str]:
+    """split.val + split.test must leave images to train on (checked once both are valid)."""
+    split = params.get("split")
+    if not isinstance(split, dict):
+        return []
+    rules = SCHEMA["split"]
+    if not all(k in split and rules[k].check(split[k]) for k in ("val", "test")):
+        return []
+    total = split["val"] + split["test"]
+    if total < 1:
+        return []
+    return [
+        f"'split.val' + 'split.test' must be below 1 so that some images are left to train "
+        f"on. Got {split['val']!r} + {split['test']!r} = {total:g} instead."
+    ]
 
 
 def validate(params: Any) -> dict[str, dict[str, Any]]:
     """Check every section and key of a parsed params.yaml; raise ParamsError listing all problems."""
     if not isinstance(params, dict):
-        raise ParamsError("params.yaml must be a mapping of sections (data, split, ...).")
+        raise ParamsError(
+            f"params.yaml must be a mapping of sections {list(SCHEMA)}, got {params!r}."
+        )
     problems: list[str] = []
     for section, value in params.items():
-        if section not in SCHEMA:
-            problems.append(_unknown_key_message(str(section), list(SCHEMA)))
-            continue
-        if not isinstance(value, dict):
-            problems.append(f"'{section}' must be a mapping of keys, got {value!r}.")
-            continue
-        rules = SCHEMA[section]
-        for key, v in value.items():
-            if key not in rules:
-                problems.append(f"{section}: " + _unknown_key_message(str(key), list(rules)))
-            elif not rules[key].check(v):
-                problems.append(
-                    f"The '{section}.{key}' parameter must be {rules[key].allowed}. Got {v!r} instead."
-                )
-        for key in rules:
-            if key not in value:
-                problems.append(f"missing key '{section}.{key}' ({rules[key].allowed}).")
-    for section in SCHEMA:
-        if section not in params:
-            problems.append(f"missing section '{section}'.")
-    split = params.get("split")
-    fractions_valid = isinstance(split, dict) and all(
-        _is_number(split.get(k)) for k in ("val", "test")
-    )
-    if fractions_valid and split["val"] + split["test"] >= 1:
-        problems.append(
-            f"'split.val' + 'split.test' must be below 1 so that some images are left to "
-            f"train on. Got {split['val']} + {split['test']} = {split['val'] + split['test']:g}."
-        )
+        if section in SCHEMA:
+            problems += _section_problems(section, value)
+        else:
+            problems.append(_unknown_key_message(str(section), value, list(SCHEMA)))
+    problems += [f"missing section '{section}'." for section in SCHEMA if section not in params]
+    problems += _split_problems(params)
     if problems:
         raise ParamsError("Invalid params.yaml:\n  - " + "\n  - ".join(problems))
     return params
 
 
-def load_params(*sections: str, path: Path = PARAMS_FILE) -> dict[str, dict[str, Any]]:
-    """Read and validate params.yaml, returning only the requested sections."""
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool):
+                continue  # an unhashable key: SafeLoader reports it
+            if key in seen:
+                raise ParamsError(
+                    f"key {key!r} appears twice in one section (line "
+                    f"{key_node.start_mark.line + 1} of params.yaml); YAML would silently keep "
+                    "only the last. Delete one."
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) reads 1e-3 as the string '1e-3'; YAML 1.2 (and DVC, and people) read a
+# float. Accept exponents without a decimal point as floats, as YAML 1.2 does.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def read_params(path: Path = PARAMS_FILE) -> Any:
+    """Parse params.yaml (safely, refusing duplicate keys) without validating it."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path} not found: run the stages from the repository root.") from None
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path} is not UTF-8 text ({err}). Save it as UTF-8.") from None
     try:
-        params = yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path} is not valid YAML: {err}") from None
-    params = validate(params)
+        where = str(err).replace('"<unicode string>"', str(path))
+        raise ParamsError(f"{path} is not valid YAML: {where}") from None
+
+
+def load_params(*sections: str, path: Path = PARAMS_FILE) -> dict[str, dict[str, Any]]:
+    """Read and validate params.yaml, returning only the requested sections."""
+    params = validate(read_params(path))
     return {name: params[name] for name in sections}

@@ -1,0 +1,257 @@
+"""Faults and reproducibility: Ctrl-C and SIGKILL mid-run, byte-identical reruns, safe loading.
+
+The slow tests run the real ``dvc repro`` in a temporary git+DVC copy (``pipeline_repo``).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, command_env, run, snapshot, write_images, write_params
+
+from stages.common.io import atomic_path, load_npy, save_npy, scratch_path, write_json
+
+TEMP_PREFIXES = (".tmp-", ".scratch-")
+
+
+def leftovers(repo: Path) -> list[str]:
+    """Temporary files of the stages anywhere in ``repo`` (DVC's and git's own dirs aside)."""
+    return sorted(
+        str(p.relative_to(repo))
+        for p in repo.rglob("*")
+        if p.name.startswith(TEMP_PREFIXES) and p.relative_to(repo).parts[0] not in (".dvc", ".git")
+    )
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '([\w-]+)'", output)
+
+
+def assert_up_to_date(repo: Path) -> None:
+    status = run(["dvc", "status"], repo)
+    assert "Data and pipelines are up to date" in status.stdout, status.stdout
+
+
+# --- Safe loading and atomic writes (fast) -----------------------------------------------------
+
+
+def test_load_npy_refuses_a_pickled_object_array(tmp_path):
+    path = tmp_path / "evil.npy"
+    np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        load_npy(path)
+    with pytest.raises(ValueError, match=r"allow_pickle=False|Python objects"):
+        load_npy(path, mmap=True)
+
+
+def test_save_npy_refuses_object_arrays_and_load_npy_round_trips(tmp_path):
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        save_npy(tmp_path / "objects.npy", np.array([object()], dtype=object))
+    assert not list(tmp_path.iterdir()), "a failed write leaves nothing"
+    array = np.arange(12, dtype=np.int32).reshape(3, 4)
+    save_npy(tmp_path / "a.npy", array)
+    assert np.array_equal(load_npy(tmp_path / "a.npy"), array)
+    assert np.array_equal(load_npy(tmp_path / "a.npy", mmap=True), array)
+
+
+def calls(tree: ast.AST, name: str) -> list[ast.Call]:
+    """Calls of ``<anything>.name(...)`` or ``name(...)`` in a module."""
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and (getattr(node.func, "attr", None) == name or getattr(node.func, "id", None) == name)
+    ]
+
+
+def keyword(call: ast.Call, name: str) -> object:
+    for kw in call.keywords:
+        if kw.arg == name:
+            return kw.value.value if isinstance(kw.value, ast.Constant) else kw.value
+    return None
+
+
+STAGE_SOURCES = sorted((REPO_ROOT / "stages").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", STAGE_SOURCES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_stage_code_loads_nothing_unsafely(path):
+    """np.load only with allow_pickle=False, Keras models only with safe_mode=True, no pickle."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for call in calls(tree, "load"):
+        owner = getattr(call.func, "value", None)
+        if getattr(owner, "id", None) in ("np", "numpy"):
+            assert keyword(call, "allow_pickle") is False, f"line {call.lineno}: np.load"
+        if getattr(owner, "id", None) == "yaml":
+            loader = keyword(call, "Loader")
+            assert getattr(loader, "id", None) in ("_StrictLoader", "SafeLoader"), call.lineno
+    for call in calls(tree, "load_model"):
+        assert keyword(call, "safe_mode") is True, f"line {call.lineno}: load_model"
+    for call in calls(tree, "save"):
+        assert keyword(call, "allow_pickle") in (None, False), f"line {call.lineno}"
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in (
+            node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")]
+        )
+    }
+    assert not imported & {"pickle", "dill", "joblib", "cloudpickle", "shelve"}
+
+
+def test_the_safety_check_catches_an_unsafe_load(tmp_path):
+    """The check above is not vacuous: it flags the calls it is meant to flag."""
+    tree = ast.parse("import numpy as np\nnp.load('x.npy')\nkeras.saving.load_model('m')\n")
+    [np_load] = calls(tree, "load")
+    [load_model] = calls(tree, "load_model")
+    assert keyword(np_load, "allow_pickle") is None and keyword(load_model, "safe_mode") is None
+
+
+def test_atomic_path_keeps_the_old_output_when_the_write_fails(tmp_path):
+    target = tmp_path / "metrics.json"
+    write_json(target, {"accuracy": 0.9})
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text('{"accur')
+        raise RuntimeError("killed half-way")
+    assert json.loads(target.read_text()) == {"accuracy": 0.9}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_leftovers_of_a_killed_run_are_removed_by_the_next_write(tmp_path):
+    (tmp_path / ".tmp-head.keras.abc123.keras").write_bytes(b"half a model")
+    (tmp_path / ".tmp-other.npy.xyz.npy").write_bytes(b"someone else's")
+    (tmp_path / ".scratch-q1w2.npy").write_bytes(b"scratch")
+    with atomic_path(tmp_path / "head.keras") as tmp:
+        tmp.write_bytes(b"model")
+    with scratch_path(tmp_path, ".npy") as scratch:
+        assert scratch.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-other.npy.xyz.npy", "head.keras"]
+
+
+# --- Kill dvc repro during extract, then resume (slow) -----------------------------------------
+
+
+def wait_for_extract(repo: Path, log: Path, process: subprocess.Popen, timeout: float) -> str:
+    """Block until extract is writing (a temp file in data/features); return what was seen."""
+    deadline = time.monotonic() + timeout
+    features = repo / "data" / "features"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"dvc repro ended before extract started:\n{log.read_text()[-4000:]}")
+        if features.is_dir() and any(p.name.startswith(TEMP_PREFIXES) for p in features.iterdir()):
+            return "temp file"
+        time.sleep(0.02)
+    pytest.fail(f"extract did not start writing within {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+def repro_killed_during_extract(repo: Path, sig: signal.Signals, log: Path) -> str:
+    """Start ``dvc repro`` in its own process group, send ``sig`` to the group while extract
+    is writing, wait for the end; return DVC's and the stages' output."""
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["dvc", "repro"],
+            cwd=repo,
+            env=command_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the signal reaches DVC and the stage
+        )
+        try:
+            wait_for_extract(repo, log, process, timeout=300)
+            os.killpg(process.pid, sig)
+            process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    output = log.read_text()
+    assert process.returncode != 0, output
+    assert "Running stage 'extract'" in output
+    assert not (repo / "data/features/info.json").exists(), "extract must not have finished"
+    return output
+
+
+@pytest.mark.slow
+def test_killed_during_extract_then_repro_completes_cleanly(pipeline_repo, tmp_path):
+    """Ctrl-C, then SIGKILL, each while extract writes; the next ``dvc repro`` resumes cleanly."""
+    repo = pipeline_repo
+    write_params(repo, {"data.max_per_class": 30})  # extract runs a few seconds
+
+    output = repro_killed_during_extract(repo, signal.SIGINT, tmp_path / "sigint.log")
+    assert stages_run(output) == ["split", "augment", "extract"]
+    assert "Interrupted: no output of this stage was written." in output
+    assert leftovers(repo) == [], "Ctrl-C: the stage removes its own temp files"
+
+    output = repro_killed_during_extract(repo, signal.SIGKILL, tmp_path / "sigkill.log")
+    assert stages_run(output) == ["extract"], "split and augment were already done and locked"
+    assert leftovers(repo), "SIGKILL leaves temp files behind: what the next run must handle"
+
+    result = run(["dvc", "repro"], repo)
+    assert stages_run(result.stdout) == ["extract", "train", "evaluate"]
+    assert_up_to_date(repo)
+    assert leftovers(repo) == []
+    metrics = json.loads((repo / "metrics/metrics.json").read_text())
+    assert metrics["images"]["train_augmented"] == metrics["images"]["train"] > 0
+
+
+# --- Reproducibility and the user's folder (slow) ----------------------------------------------
+
+
+def outputs(repo: Path) -> dict[str, str]:
+    """sha256 of metrics, plots and every data array the stages wrote (models hold timestamps)."""
+    patterns = ["metrics/*", "plots/*.csv", "plots/*.png", "data/split/*", "data/augmented/*"]
+    patterns.append("data/features/*")
+    files = sorted(p for pattern in patterns for p in repo.glob(pattern) if p.is_file())
+    assert len(files) >= 25
+    return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+@pytest.mark.slow
+def test_folder_source_reruns_byte_identical_and_never_touches_the_folder(pipeline_repo, tmp_path):
+    """Same commit and params: byte-identical metrics and plots; data.folder never written."""
+    repo = pipeline_repo
+    raw = repo / "data" / "raw"
+    write_images(raw, {"cat": 10, "영": 10, "big dog": 10}, size=24)
+    (raw / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (raw / "cat" / "broken.png").write_bytes(b"")
+    write_params(repo, {"data.source": "folder", "data.folder": "data/raw"})
+    before = snapshot(raw)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home)}  # see what the stages write outside the repository
+
+    first = run(["dvc", "repro"], repo, env=env)
+    assert stages_run(first.stdout) == ["split", "augment", "extract", "train", "evaluate"]
+    assert_up_to_date(repo)
+    assert snapshot(raw) == before
+    metrics = json.loads((repo / "metrics/metrics.json").read_text(encoding="utf-8"))
+    assert metrics["images"]["skipped"] == 3  # .DS_Store, the repository's .gitkeep, broken.png
+    assert json.loads((repo / "data/split/classes.json").read_text()) == ["big dog", "cat", "영"]
+    reference = outputs(repo)
+
+    run(["dvc", "repro", "-f"], repo, env=env)
+    assert snapshot(raw) == before
+    assert outputs(repo) == reference, "a forced rerun gives byte-identical outputs"
+    assert_up_to_date(repo)
+    assert leftovers(repo) == []
+
+    written = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
+    unexpected = [
+        p
+        for p in written
+        if not p.startswith(
+            (".keras/", ".cache/matplotlib/", ".config/matplotlib/", ".config/dvc/", ".cache/dvc/")
+        )
+    ]
+    assert unexpected == [], "only documented caches outside the repository"
