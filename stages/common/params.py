@@ -126,6 +126,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "layer": one_of(*RESNET50_LAYERS),
         "pooling": one_of("avg", "max"),
         "batch_size": integer(1, 4096),
+        "precision": one_of("float32", "mixed_float16", "mixed_bfloat16"),
         "seed": seed(),
     },
     "train": {
@@ -136,6 +137,13 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "epochs": integer(1, 100_000),
         "batch_size": integer(1, 65_536),
         "learning_rate": number(0, 1, lo_open=True),
+        "l2": number(0, 1),
+        "label_smoothing": number(0, 1),
+        "lr_schedule": one_of("constant", "cosine"),
+        "patience": integer(0, 100_000),
+    },
+    "baselines": {
+        "pixel_size": integer(2, 64),
     },
     "evaluate": {
         "seed": seed(),

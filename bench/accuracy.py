@@ -1,0 +1,166 @@
+"""Test accuracy over split seeds: the defaults, a seed-like configuration, and the baselines.
+
+    python -m bench.accuracy [--seeds 42 7 123] [--configs defaults seed_like] [--keep DIR]
+
+Copies this project's working-tree files (tracked and untracked-but-not-ignored) into a
+temporary git+DVC repository and, one run at a time, runs ``dvc exp run -S split.seed=S ...``
+for every configuration and seed, with ImageNet weights. Each run's ``metrics/metrics.json``
+and ``metrics/baselines.json`` are collected into ``bench/accuracy.json``: every run's val and
+test accuracy and wall time, and per row the mean, sample std, min and max of test accuracy.
+A markdown table of the same goes to stdout. Model selection inside the runs uses val only;
+this script only reads what evaluate and baselines wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "accuracy.json"
+# Overrides on top of params.yaml. seed_like: the seed project's setup (last block, two dense
+# layers with dropout, fixed epochs, no early stopping) on this pipeline's 64 px, 4 copies.
+CONFIGS: dict[str, list[str]] = {
+    "defaults": [],
+    "seed_like": [
+        "data.image_size=64",
+        "augment.copies=4",
+        "extract.layer=conv5_block3_out",
+        "extract.pooling=avg",
+        "train.layers=[512,256]",
+        "train.dropout=0.3",
+        "train.epochs=30",
+        "train.batch_size=256",
+        "train.learning_rate=0.001",
+        "train.l2=0",
+        "train.label_smoothing=0",
+        "train.lr_schedule=constant",
+        "train.patience=0",
+    ],
+}
+BASELINES = ("logreg_pixels", "svm_rbf_pixels", "logreg_features")
+
+
+def project_files(root: Path) -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        check=True,
+    ).stdout
+    return sorted({p for p in out.decode().split("\0") if p and (root / p).is_file()})
+
+
+def make_repo(dest: Path) -> Path:
+    """A committed git repository holding the project's files (no outputs, no DVC cache)."""
+    for rel in project_files(ROOT):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dest / rel)
+    ident = ["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", *ident, "commit", "-qm", "b"]):
+        subprocess.run(cmd, cwd=dest, check=True)
+    return dest
+
+
+def command(seed: int, overrides: list[str]) -> list[str]:
+    sets = [f"split.seed={seed}", "extract.weights=imagenet", *overrides]
+    return ["dvc", "exp", "run", *[arg for s in sets for arg in ("-S", s)]]
+
+
+def run_one(repo: Path, seed: int, overrides: list[str]) -> dict:
+    """One ``dvc exp run``; its accuracies, baselines and wall time."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = command(seed, overrides)
+    start = time.perf_counter()
+    result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"`{' '.join(cmd)}` failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    metrics = json.loads((repo / "metrics/metrics.json").read_text())
+    baselines = json.loads((repo / "metrics/baselines.json").read_text())
+    return {
+        "seed": seed,
+        "command": " ".join(cmd),
+        "seconds": round(seconds, 1),
+        "val_accuracy": metrics["val"]["accuracy"],
+        "test_accuracy": metrics["test"]["accuracy"],
+        "test_errors": round((1 - metrics["test"]["accuracy"]) * metrics["images"]["test"]),
+        "baselines": {name: baselines[name] for name in BASELINES},
+    }
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=float)
+    return {
+        "mean": round(float(a.mean()), 6),
+        "std": round(float(a.std(ddof=1)) if len(a) > 1 else 0.0, 6),
+        "min": round(float(a.min()), 6),
+        "max": round(float(a.max()), 6),
+    }
+
+
+def table(rows: dict[str, dict]) -> str:
+    lines = [
+        "| row | test accuracy mean ± std (min to max) | val mean |",
+        "| --- | --- | --- |",
+    ]
+    for name, row in rows.items():
+        t = row["test"]
+        lines.append(
+            f"| {name} | {t['mean']:.2%} ± {t['std']:.2%} ({t['min']:.2%} to {t['max']:.2%}) "
+            f"| {row['val']['mean']:.2%} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 123])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep it")
+    args = parser.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="bench-accuracy-"))
+    work.mkdir(parents=True, exist_ok=True)
+    repo = make_repo(work / "repo")
+    runs: dict[str, list[dict]] = {}
+    for config in args.configs:
+        for seed in args.seeds:
+            run = run_one(repo, seed, CONFIGS[config])
+            runs.setdefault(config, []).append(run)
+            print(
+                f"{config} seed {seed}: test {run['test_accuracy']:.4f} "
+                f"({run['test_errors']} wrong), val {run['val_accuracy']:.4f}, "
+                f"{run['seconds']:.0f}s",
+                flush=True,
+            )
+    rows: dict[str, dict] = {}
+    first = runs[args.configs[0]]
+    for name in BASELINES:
+        rows[f"baseline {name}"] = {
+            split: summary([r["baselines"][name][f"{split}_accuracy"] for r in first])
+            for split in ("val", "test")
+        }
+    for config, config_runs in runs.items():
+        rows[config] = {
+            split: summary([r[f"{split}_accuracy"] for r in config_runs])
+            for split in ("val", "test")
+        }
+    result = {"seeds": args.seeds, "configs": CONFIGS, "rows": rows, "runs": runs}
+    OUT.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(table(rows))
+    print(f"wrote {OUT}")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,373 @@
+"""Measurements that run in a fresh Python process each: ``python -m bench.probes NAME JSON``.
+
+Each probe prints one line ``BENCH_RESULT {...}`` (its figures as JSON) at the end. A fresh
+process per probe means a clean TensorFlow runtime (thread pools, mixed-precision policy,
+memory) and honest import costs. Timings interleave the things they compare and keep the best
+of a few repetitions, so that a machine whose speed drifts still gives fair ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+RESULT_PREFIX = "BENCH_RESULT "
+ROOT = Path(__file__).resolve().parents[1]
+SGEMM_N = 2048
+
+
+def best_of(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, float]:
+    """Run every function once to warm up, then ``reps`` interleaved rounds; best seconds each."""
+    for fn in fns.values():
+        fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def conv_dense_flops(keras, model) -> int:
+    """Multiply-adds x 2 of every Conv2D and Dense layer for one image (what the FLOP count means).
+
+    Conv2D: ``2 * kh * kw * cin * cout * hout * wout``; Dense: ``2 * inputs * outputs``. Padding,
+    pooling, additions and activations are left out (a few % of the total).
+    """
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            kh, kw, cin, cout = layer.kernel.shape
+            _, hout, wout, _ = layer.output.shape
+            total += 2 * kh * kw * cin * cout * hout * wout
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * int(np.prod(layer.kernel.shape))
+    return int(total)
+
+
+def sgemm_functions(tf) -> dict[str, Callable[[], Any]]:
+    """A float32 2048x2048 matmul through TensorFlow and through numpy (OpenBLAS)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((SGEMM_N, SGEMM_N), dtype=np.float32) for _ in range(2))
+    ta, tb = tf.constant(a), tf.constant(b)
+    matmul = tf.function(tf.linalg.matmul)
+    return {
+        "sgemm_tf": lambda: matmul(ta, tb).numpy(),
+        "sgemm_numpy": lambda: a @ b,
+    }
+
+
+def gflops(seconds: float) -> float:
+    return 2 * SGEMM_N**3 / seconds / 1e9
+
+
+def synthetic_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def stage_params(precision: str = "float32") -> dict:
+    """params.yaml's ``extract`` section (layer, pooling, batch) with ImageNet weights."""
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))["extract"]
+    return {**params, "weights": "imagenet", "precision": precision}
+
+
+def plain_model(keras, size: int):
+    """The seed's extractor: ResNet50 cut at ``extract.layer`` + global pooling, nothing else."""
+    from stages.common.weights import load_resnet50
+
+    p = stage_params()
+    base, _ = load_resnet50(p["weights"], size, p["seed"])
+    pool = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}
+    return keras.Model(base.input, pool[p["pooling"]]()(base.get_layer(p["layer"]).output))
+
+
+def project_extractor(keras, tf, size: int, precision: str = "float32"):
+    """The extract stage's model, compiled forward pass and strategy (stages.extract)."""
+    from stages import extract
+
+    keras.mixed_precision.set_global_policy(precision)
+    strategy = extract.make_strategy(tf)
+    with strategy.scope():
+        model, _ = extract.build_extractor(keras, stage_params(precision), size)
+    keras.mixed_precision.set_global_policy("float32")
+    return model, extract.make_forward(tf, model, strategy), strategy
+
+
+def project_run(tf, model, forward, strategy, images: np.ndarray, batch_size: int, out: Path):
+    """One pass of the stage's own path: tf.data batches -> forward -> memory-mapped .npy."""
+    from stages import extract
+    from stages.common.io import npy_writer
+
+    dataset = extract.image_dataset(tf, [images], batch_size, strategy)
+    shape = (len(images), model.output_shape[-1])
+    with npy_writer(out / "features.npy", shape, np.float32) as features:
+        extract.write_features(forward, dataset, features)
+
+
+def probe_import() -> dict:
+    start = time.perf_counter()
+    import tensorflow  # noqa: F401
+
+    return {"import_s": time.perf_counter() - start}
+
+
+def probe_extract_speed(
+    size: int,
+    images: int,
+    reps: int,
+    batch_size: int,
+    batch_sizes: list[int],
+    precisions: list[str],
+) -> dict:
+    """Stage path vs plain ``model.predict`` at one image size, with a matmul run in between;
+    then the stage path at each of ``precisions`` (after, not interleaved: once AMX bfloat16
+    kernels have run, float32 runs slower in the same process on this CPU)."""
+    from stages.common.images import to_model_input
+    from stages.common.io import load_npy, save_npy
+    from stages.common.tf import setup_keras
+
+    keras = setup_keras(42)
+    import tensorflow as tf
+
+    plain = plain_model(keras, size)
+    model, forward, strategy = project_extractor(keras, tf, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_npy(Path(tmp) / "images.npy", synthetic_images(images, size))
+        x = load_npy(Path(tmp) / "images.npy", mmap=True)
+        fns = sgemm_functions(tf)
+        fns["project"] = lambda: project_run(tf, model, forward, strategy, x, batch_size, Path(tmp))
+        fns["predict"] = lambda: plain.predict(to_model_input(np.asarray(x)), verbose=0)
+        for bs in batch_sizes:
+            fns[f"project_bs{bs}"] = lambda bs=bs: project_run(
+                tf, model, forward, strategy, x, bs, Path(tmp)
+            )
+        best = best_of(fns, reps)
+        for precision in precisions:
+            built = project_extractor(keras, tf, size, precision)
+            run_p = lambda b=built: project_run(tf, *b, x, batch_size, Path(tmp))  # noqa: E731
+            best |= best_of({precision: run_p}, reps)
+    flops = conv_dense_flops(keras, model)
+    sgemm = max(gflops(best["sgemm_tf"]), gflops(best["sgemm_numpy"]))
+    result = {
+        "size": size,
+        "layer": stage_params()["layer"],
+        "images": images,
+        "batch_size": batch_size,
+        "flops_per_image": flops,
+        "sgemm_tf_gflops": gflops(best["sgemm_tf"]),
+        "sgemm_numpy_gflops": gflops(best["sgemm_numpy"]),
+        "sgemm_gflops": sgemm,
+        "project_images_per_s": images / best["project"],
+        "predict_images_per_s": images / best["predict"],
+    }
+    result["fraction_of_limit"] = result["project_images_per_s"] * flops / (sgemm * 1e9)
+    result["predict_fraction_of_limit"] = result["predict_images_per_s"] * flops / (sgemm * 1e9)
+    result["batch_sweep"] = {bs: images / best[f"project_bs{bs}"] for bs in batch_sizes}
+    result["precision_images_per_s"] = {p: images / best[p] for p in precisions}
+    return result
+
+
+def head_timer(keras):
+    """A callback recording, per epoch, the seconds spent training and validating."""
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.train_s: list[float] = []
+            self.epoch_s: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None) -> None:
+            self.start = time.perf_counter()
+            self.validation_start = None
+
+        def on_test_begin(self, logs=None) -> None:
+            if getattr(self, "start", None) is not None:
+                self.validation_start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None) -> None:
+            end = time.perf_counter()
+            self.epoch_s.append(end - self.start)
+            self.train_s.append((self.validation_start or end) - self.start)
+            self.start = None
+
+    return EpochTimer()
+
+
+def steady(values: list[float]) -> float:
+    """Median seconds of the epochs after the first (which includes tracing)."""
+    return float(np.median(values[1:]))
+
+
+def read_repo(repo: Path) -> tuple[dict, dict]:
+    import yaml
+
+    params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
+    return params["train"], params["augment"]
+
+
+def probe_head(repo: str, epochs: int) -> dict:
+    """train.build_head + fit exactly as stages/train.py does, on the repo's cached features."""
+    from stages.common.tf import setup_keras
+    from stages.train import build_head
+
+    repo_path = Path(repo)
+    train, _ = read_repo(repo_path)
+    keras = setup_keras(train["seed"])
+    features = repo_path / "data/features"
+    x, y = np.load(features / "train_features.npy"), np.load(features / "train_labels.npy")
+    xv, yv = np.load(features / "val_features.npy"), np.load(features / "val_labels.npy")
+    n_classes = int(max(y.max(), yv.max())) + 1
+
+    def fit(batch_size: int, **compile_args) -> Any:
+        model = build_head(keras, x, n_classes, train)
+        if compile_args:  # the same optimizer and loss, compiled with other settings
+            model.compile(
+                optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], **compile_args
+            )
+        timer = head_timer(keras)
+        model.fit(
+            x,
+            y,
+            validation_data=(xv, yv),
+            epochs=epochs,
+            batch_size=batch_size,
+            shuffle=True,
+            callbacks=[timer],
+            verbose=0,
+        )
+        return timer
+
+    result: dict[str, Any] = {"train_images": len(x), "feature_dim": int(x.shape[1])}
+    variants = {
+        "default": (train["batch_size"], {}),
+        "steps_per_execution_32": (train["batch_size"], {"steps_per_execution": 32}),
+        "batch_1024": (1024, {}),
+    }
+    for name, (batch_size, compile_args) in variants.items():
+        timer = fit(batch_size, **compile_args)
+        result[name] = {"epoch_s": steady(timer.epoch_s), "train_s": steady(timer.train_s)}
+    return result
+
+
+def probe_inloop(repo: str, epochs: int) -> dict:
+    """The seed's method: augmentation layers -> preprocess -> frozen ResNet50 -> same head,
+    fitted on the original training images every epoch."""
+    from keras.applications.resnet50 import preprocess_input
+
+    from stages.augment import build_augmenter
+    from stages.common.tf import setup_keras
+    from stages.train import build_head
+
+    repo_path = Path(repo)
+    train, augment = read_repo(repo_path)
+    keras = setup_keras(train["seed"])
+    split, features = repo_path / "data/split", repo_path / "data/features"
+    x = np.load(split / "train_images.npy").astype(np.float32)
+    y = np.load(split / "train_labels.npy")
+    xv, yv = np.load(split / "val_images.npy").astype(np.float32), np.load(split / "val_labels.npy")
+    head = build_head(keras, np.load(features / "train_features.npy"), int(y.max()) + 1, train)
+    base = plain_model(keras, x.shape[1])
+    base.trainable = False
+    inputs = keras.Input(x.shape[1:])
+    outputs = head(base(preprocess_input(build_augmenter(keras, augment)(inputs))))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=head.optimizer, loss=head.loss, metrics=["accuracy"])
+    batch = train["batch_size"]
+    warm = batch + len(x) % batch  # one full and one partial batch: every shape gets traced
+    model.fit(x[:warm], y[:warm], validation_data=(xv, yv), batch_size=batch, verbose=0)
+    timer = head_timer(keras)
+    model.fit(
+        x,
+        y,
+        validation_data=(xv, yv),
+        epochs=epochs,
+        batch_size=batch,
+        shuffle=True,
+        callbacks=[timer],
+        verbose=0,
+    )
+    return {
+        "train_images": len(x),
+        "val_images": len(xv),
+        "epochs_timed": epochs,
+        "epoch_s": float(np.median(timer.epoch_s)),
+        "train_s": float(np.median(timer.train_s)),
+    }
+
+
+def probe_precision(repo: str, precisions: list[str]) -> dict:
+    """Feature values and head accuracy at each ``extract.precision`` vs the float32 features
+    that ``dvc repro`` cached, on the repo's original training images and its test images."""
+    from stages import extract
+    from stages.common.tf import setup_keras
+    from stages.train import build_head
+
+    repo_path = Path(repo)
+    train, _ = read_repo(repo_path)
+    keras = setup_keras(42)
+    import tensorflow as tf
+
+    split, cached = repo_path / "data/split", repo_path / "data/features"
+    x_train, y_train = np.load(split / "train_images.npy"), np.load(split / "train_labels.npy")
+    x_test, y_test = np.load(split / "test_images.npy"), np.load(split / "test_labels.npy")
+    float32 = {
+        "train": np.load(cached / "train_features.npy", mmap_mode="r")[: len(x_train)],
+        "test": np.load(cached / "test_features.npy"),
+    }
+
+    def accuracy(f_train: np.ndarray, f_test: np.ndarray) -> float:
+        keras.utils.set_random_seed(train["seed"])
+        head = build_head(keras, f_train, int(y_train.max()) + 1, train)
+        head.fit(
+            f_train, y_train, epochs=train["epochs"], batch_size=train["batch_size"], verbose=0
+        )
+        return float((head.predict(f_test, verbose=0).argmax(1) == y_test).mean())
+
+    result: dict[str, Any] = {
+        "float32": {"test_accuracy": accuracy(float32["train"], float32["test"])}
+    }
+    for precision in precisions:
+        model, forward, strategy = project_extractor(keras, tf, x_train.shape[1], precision)
+        features = {}
+        for name, x in (("train", x_train), ("test", x_test)):
+            features[name] = np.zeros((len(x), model.output_shape[-1]), np.float32)
+            dataset = extract.image_dataset(tf, [x], 128, strategy)
+            extract.write_features(forward, dataset, features[name])
+        diff = np.abs(features["test"] - float32["test"])
+        result[precision] = {
+            "test_accuracy": accuracy(features["train"], features["test"]),
+            "max_abs_diff_over_max": float(diff.max() / np.abs(float32["test"]).max()),
+            "mean_abs_diff_over_mean": float(diff.mean() / np.abs(float32["test"]).mean()),
+        }
+    return result
+
+
+PROBES = {
+    "import": probe_import,
+    "extract_speed": probe_extract_speed,
+    "head": probe_head,
+    "inloop": probe_inloop,
+    "precision": probe_precision,
+}
+
+
+def main(argv: list[str]) -> None:
+    name, kwargs = argv[0], json.loads(argv[1]) if len(argv) > 1 else {}
+    result = PROBES[name](**kwargs)
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,79 @@
+"""The baselines stage on tiny synthetic data: pixels, selection on val, no TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+from conftest import REPO_ROOT, run
+
+from stages.baselines import select_on_val, to_pixels
+
+
+def test_to_pixels_area_averages_back_to_the_original_grid() -> None:
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, size=(2, 8, 8), dtype=np.uint8)
+    big = np.repeat(np.repeat(small, 8, axis=1), 8, axis=2)  # each pixel becomes an 8x8 block
+    rgb = np.repeat(big[..., None], 3, axis=3)
+    pixels = to_pixels(rgb, 8)
+    assert pixels.shape == (2, 64)
+    assert np.allclose(pixels, small.reshape(2, 64) / 255.0, atol=1e-6)
+
+
+class Threshold:
+    """A one-parameter classifier: label 1 when the first feature exceeds ``at``."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> Threshold:
+        return self
+
+    def score(self, x: np.ndarray, y: np.ndarray) -> float:
+        return float(np.mean((x[:, 0] > self.at) == y))
+
+
+def test_select_on_val_picks_by_val_and_scores_test_once() -> None:
+    x = np.arange(10, dtype=float)[:, None]
+    data = {
+        "train": (x, (x[:, 0] > 2).astype(int)),
+        "val": (x, (x[:, 0] > 5).astype(int)),  # val prefers at=5 ...
+        "test": (x, (x[:, 0] > 7).astype(int)),  # ... whatever test would have preferred
+    }
+    result = select_on_val(Threshold, [{"at": 2.0}, {"at": 5.0}, {"at": 7.0}], data)
+    assert result == {"val_accuracy": 1.0, "test_accuracy": 0.8, "at": 5.0}
+
+
+def test_stage_writes_metrics_without_importing_tensorflow(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    split, features = tmp_path / "data/split", tmp_path / "data/features"
+    split.mkdir(parents=True)
+    features.mkdir(parents=True)
+    for name, n in (("train", 40), ("val", 20), ("test", 20)):
+        labels = np.arange(n, dtype=np.int32) % 2
+        images = np.full((n, 16, 16, 3), 255, dtype=np.uint8)
+        images[labels == 1, :8] = 0  # class 1: top half inked
+        images = np.clip(images + rng.integers(0, 40, images.shape), 0, 255).astype(np.uint8)
+        np.save(split / f"{name}_images.npy", images)
+        np.save(split / f"{name}_labels.npy", labels)
+        extra = 2 if name == "train" else 1  # train features also hold augmented copies
+        feats = rng.normal(size=(n * extra, 6)).astype(np.float32)
+        feats[:, 0] += 10 * np.tile(labels, extra)
+        np.save(features / f"{name}_features.npy", feats)
+        np.save(features / f"{name}_labels.npy", np.tile(labels, extra))
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    code = (
+        "import sys; from stages import baselines; baselines.main(); "
+        "assert 'tensorflow' not in sys.modules, 'baselines imported TensorFlow'"
+    )
+    result = run([sys.executable, "-c", code], tmp_path, env={"PYTHONPATH": str(REPO_ROOT)})
+    assert "baselines: test accuracy" in result.stdout
+    metrics = json.loads((tmp_path / "metrics/baselines.json").read_text())
+    for name in ("logreg_pixels", "svm_rbf_pixels", "logreg_features"):
+        assert metrics[name]["val_accuracy"] == metrics[name]["test_accuracy"] == 1.0
+    assert metrics["pixel_size"] == params["baselines"]["pixel_size"]
+    assert metrics["feature_dim"] == 6

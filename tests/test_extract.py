@@ -1,0 +1,198 @@
+"""The extract stage computes what a plain ResNet50 + pooling computes, however it gets there.
+
+Its speed-ups (BatchNormalization folded into the convolutions, preprocessing inside a compiled
+function, tf.data prefetching, batches split over devices, pages released as they are written)
+must not change the features beyond float32 rounding, nor the stage's files.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, command_env, run
+
+from stages import extract
+from stages.common.images import to_model_input
+from stages.common.io import load_npy, npy_writer, save_npy
+from stages.common.tf import setup_keras
+from stages.common.weights import load_resnet50
+
+SIZE = 32
+
+
+def params(pooling: str = "avg", layer: str = "conv5_block3_out") -> dict:
+    return {
+        "weights": "random",
+        "layer": layer,
+        "pooling": pooling,
+        "batch_size": 8,
+        "precision": "float32",
+        "seed": 42,
+    }
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def plain_features(keras, p: dict, x: np.ndarray) -> np.ndarray:
+    """The reference: ResNet50 cut at the layer, global pooling, ``model.predict``."""
+    base, _ = load_resnet50(p["weights"], SIZE, p["seed"])
+    pool = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}
+    model = keras.Model(base.input, pool[p["pooling"]]()(base.get_layer(p["layer"]).output))
+    return model.predict(to_model_input(x), verbose=0)
+
+
+def assert_same_features(got: np.ndarray, expected: np.ndarray) -> None:
+    scale = float(np.abs(expected).max())
+    assert scale > 0
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize(
+    ("pooling", "layer"), [("avg", "conv5_block3_out"), ("max", "conv4_block6_out")]
+)
+def test_streamed_features_equal_plain_predict(tmp_path, pooling, layer):
+    """Two memory-mapped arrays (13 + 6 images, batch 8: batches cross the arrays, the last is
+    partial) streamed into a memory-mapped .npy equal model.predict on the same images."""
+    keras = setup_keras(42)
+    import tensorflow as tf
+
+    p = params(pooling, layer)
+    first, second = images(13, seed=1), images(6, seed=2)
+    save_npy(tmp_path / "a.npy", first)
+    save_npy(tmp_path / "b.npy", second)
+    arrays = [load_npy(tmp_path / "a.npy", mmap=True), load_npy(tmp_path / "b.npy", mmap=True)]
+    strategy = extract.make_strategy(tf)
+    model, _ = extract.build_extractor(keras, p, SIZE)
+    forward = extract.make_forward(tf, model, strategy)
+    with npy_writer(tmp_path / "features.npy", (19, model.output_shape[-1]), np.float32) as out:
+        extract.write_features(forward, extract.image_dataset(tf, arrays, 8, strategy), out)
+    got = load_npy(tmp_path / "features.npy")
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+    assert_same_features(got, plain_features(keras, p, np.concatenate([first, second])))
+
+
+def test_image_batches_cross_arrays_in_order(tmp_path):
+    save_npy(tmp_path / "a.npy", images(5, seed=3))
+    arrays = [load_npy(tmp_path / "a.npy", mmap=True), images(7, seed=4)]
+    batches = list(extract.image_batches(arrays, 4))
+    assert [len(b) for b in batches] == [4, 4, 4]
+    np.testing.assert_array_equal(np.concatenate(batches), np.concatenate(arrays))
+
+
+def test_released_rows_keep_their_data(tmp_path):
+    """Pages handed back to the OS after writing still hold the rows, in memory and on disk."""
+    rows = np.arange(3000 * 2048, dtype=np.float32).reshape(3000, 2048)
+    with npy_writer(tmp_path / "f.npy", rows.shape, np.float32) as out:
+        for lo in range(0, len(rows), 256):
+            out[lo : lo + 256] = rows[lo : lo + 256]
+            extract.release_rows(out, lo, lo + 256)
+        np.testing.assert_array_equal(out, rows)
+    np.testing.assert_array_equal(load_npy(tmp_path / "f.npy"), rows)
+
+
+def test_mixed_bfloat16_features_are_float32_and_close():
+    keras = setup_keras(42)
+    import tensorflow as tf
+
+    x = images(8, seed=5)
+    try:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        model, _ = extract.build_extractor(keras, params(), SIZE)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    got = extract.make_forward(tf, model, extract.make_strategy(tf))(x)
+    assert got.dtype == tf.float32
+    expected = plain_features(keras, params(), x)
+    assert np.abs(got.numpy() - expected).max() < 0.05 * np.abs(expected).max()
+
+
+MIRRORED = """
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from stages import extract
+from stages.common.tf import setup_keras
+keras = setup_keras(42)
+p = {"weights": "random", "layer": "conv5_block3_out", "pooling": "avg", "batch_size": 4,
+     "precision": "float32", "seed": 42}
+x = np.random.default_rng(0).integers(0, 256, (11, 32, 32, 3), dtype=np.uint8)
+single = extract.make_strategy(tf, ["/cpu:0"])
+model, _ = extract.build_extractor(keras, p, 32)
+expected = extract.make_forward(tf, model, single)(x).numpy()
+mirrored = extract.make_strategy(tf, ["/cpu:0", "/cpu:1"])
+assert mirrored.num_replicas_in_sync == 2
+with mirrored.scope():
+    model, _ = extract.build_extractor(keras, p, 32)
+out = np.zeros((11, 2048), np.float32)
+forward = extract.make_forward(tf, model, mirrored)
+extract.write_features(forward, extract.image_dataset(tf, [x], 8, mirrored), out)
+np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+print("MIRRORED OK")
+"""
+
+
+def test_mirrored_strategy_splits_batches_and_keeps_order():
+    """Two logical CPUs stand in for two GPUs: each gets half of every batch (11 images in
+    batches of 8: 4+4, then 2+1), and the gathered features come back in image order."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(MIRRORED)],
+        cwd=REPO_ROOT,
+        env=command_env({"PYTHONPATH": str(REPO_ROOT)}),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert "MIRRORED OK" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def write_split(folder: Path) -> dict[str, np.ndarray]:
+    data = {"train": images(9, 6), "val": images(5, 7), "test": images(4, 8)}
+    for name, x in data.items():
+        save_npy(folder / f"data/split/{name}_images.npy", x)
+        save_npy(folder / f"data/split/{name}_labels.npy", np.arange(len(x), dtype=np.int32) % 3)
+    save_npy(folder / "data/augmented/images.npy", images(9, 9))
+    save_npy(folder / "data/augmented/labels.npy", np.arange(9, dtype=np.int32) % 3)
+    return data
+
+
+def test_stage_writes_the_same_files_and_predict_reproduces_them(tmp_path):
+    """``python -m stages.extract``: the files, their shapes and info.json's keys; the saved
+    extractor (loaded in safe mode, as predict does) gives the cached features back."""
+    import yaml
+
+    data = write_split(tmp_path)
+    all_params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
+    all_params["extract"].update(weights="random", batch_size=4)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(all_params), encoding="utf-8")
+    run([sys.executable, "-m", "stages.extract"], tmp_path, env={"PYTHONPATH": str(REPO_ROOT)})
+
+    features = tmp_path / "data/features"
+    assert sorted(p.name for p in features.iterdir()) == sorted(
+        [f"{s}_{kind}.npy" for s in ("train", "val", "test") for kind in ("features", "labels")]
+        + ["info.json"]
+    )
+    counts = {"train": 18, "val": 5, "test": 4}
+    keras = setup_keras()
+    saved = keras.saving.load_model(tmp_path / "models/feature_extractor.keras", safe_mode=True)
+    dim = saved.output_shape[-1]
+    for split, n in counts.items():
+        x = load_npy(features / f"{split}_features.npy")
+        assert x.shape == (n, dim) and x.dtype == np.float32
+        assert load_npy(features / f"{split}_labels.npy").shape == (n,)
+    info = json.loads((features / "info.json").read_text())
+    assert list(info) == ["weights", "layer", "pooling", "image_size", "feature_dim", "images"]
+    assert info["images"] == counts and info["feature_dim"] == dim and info["image_size"] == SIZE
+
+    again = saved.predict(to_model_input(data["val"]), verbose=0)
+    assert_same_features(again, load_npy(features / "val_features.npy"))
+    train_images = np.concatenate([data["train"], images(9, 9)])
+    expected = plain_features(keras, all_params["extract"], train_images)
+    assert_same_features(load_npy(features / "train_features.npy"), expected)

@@ -1,0 +1,183 @@
+"""The head's training options on tiny synthetic features: early stopping, L2, label smoothing,
+the learning-rate schedule, and the train stage run whole on files in a temporary directory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO_ROOT
+
+from stages import train as train_stage
+from stages.common.params import ParamsError, validate
+from stages.common.tf import setup_keras
+
+N_CLASSES = 3
+TRAIN = {
+    "seed": 0,
+    "layers": [16],
+    "activation": "relu",
+    "dropout": 0.0,
+    "epochs": 5,
+    "batch_size": 32,
+    "learning_rate": 0.01,
+    "l2": 0.0,
+    "label_smoothing": 0.0,
+    "lr_schedule": "constant",
+    "patience": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def keras():
+    return setup_keras(0)
+
+
+def blobs(n: int, seed: int, noise: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` 8-dimensional points around one centre per class, with integer labels."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, N_CLASSES, n).astype(np.int32)
+    centres = np.eye(N_CLASSES, 8) * 3.0
+    return (centres[labels] + noise * rng.normal(size=(n, 8))).astype(np.float32), labels
+
+
+def read_log(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_early_stopping_stops_and_restores_the_best_weights(keras, tmp_path: Path) -> None:
+    # Random labels: the head can only memorise, so val loss bottoms out early and then rises.
+    x, _ = blobs(64, seed=1)
+    y = np.random.default_rng(2).integers(0, N_CLASSES, 64).astype(np.int32)
+    x_val, _ = blobs(64, seed=3)
+    y_val = np.random.default_rng(4).integers(0, N_CLASSES, 64).astype(np.int32)
+    train = {**TRAIN, "layers": [64], "epochs": 200, "batch_size": 16, "patience": 3}
+    model = train_stage.build_head(keras, x, N_CLASSES, train)
+    ran, best = train_stage.fit_head(keras, model, (x, y), (x_val, y_val), train, tmp_path / "log")
+
+    val_losses = [float(row["val_loss"]) for row in read_log(tmp_path / "log")]
+    assert ran == len(val_losses) < 200
+    assert best == int(np.argmin(val_losses)) + 1 == ran - 3
+    kept_loss = model.evaluate(x_val, y_val, batch_size=64, verbose=0)[0]
+    assert kept_loss == pytest.approx(min(val_losses), rel=1e-4)
+    assert kept_loss < val_losses[-1]
+
+
+def test_patience_zero_runs_every_epoch(keras, tmp_path: Path) -> None:
+    x, y = blobs(64, seed=1)
+    model = train_stage.build_head(keras, x, N_CLASSES, TRAIN)
+    ran, _ = train_stage.fit_head(keras, model, (x, y), blobs(32, seed=2), TRAIN, tmp_path / "log")
+    assert ran == TRAIN["epochs"] == len(read_log(tmp_path / "log"))
+
+
+def test_l2_penalises_every_dense_kernel(keras) -> None:
+    x, _ = blobs(16, seed=1)
+    model = train_stage.build_head(keras, x, N_CLASSES, {**TRAIN, "layers": [16, 8], "l2": 0.01})
+    kernels = [layer.kernel.numpy() for layer in model.layers if hasattr(layer, "kernel")]
+    assert len(kernels) == 3
+    penalty = sum(float(keras.ops.convert_to_numpy(loss)) for loss in model.losses)
+    assert penalty == pytest.approx(0.01 * sum(float(np.sum(k**2)) for k in kernels), rel=1e-5)
+    plain = train_stage.build_head(keras, x, N_CLASSES, TRAIN)
+    assert plain.losses == []
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_label_smoothing_reaches_the_loss(keras, smoothing: float) -> None:
+    x, _ = blobs(16, seed=1)
+    model = train_stage.build_head(keras, x, N_CLASSES, {**TRAIN, "label_smoothing": smoothing})
+    y_true = np.array([0, 2], dtype=np.int32)
+    y_pred = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32)
+    targets = (1 - smoothing) * np.eye(N_CLASSES)[y_true] + smoothing / N_CLASSES
+    expected = float(np.mean(-np.sum(targets * np.log(y_pred), axis=1)))
+    loss = model.compute_loss(x=None, y=y_true, y_pred=y_pred)
+    assert float(keras.ops.convert_to_numpy(loss)) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(("schedule", "last_rate"), [("constant", 0.01), ("cosine", 0.0)])
+def test_learning_rate_schedule(keras, tmp_path: Path, schedule: str, last_rate: float) -> None:
+    x, y = blobs(64, seed=1)
+    train = {**TRAIN, "lr_schedule": schedule}
+    model = train_stage.build_head(keras, x, N_CLASSES, train)
+    train_stage.fit_head(keras, model, (x, y), blobs(32, seed=2), train, tmp_path / "log")
+    rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    assert rate == pytest.approx(last_rate, abs=1e-7)
+    assert model.optimizer.iterations.numpy() == 5 * 2  # epochs x ceil(64 / 32) steps
+
+
+def test_build_head_accepts_a_train_dict_without_the_new_keys(keras) -> None:
+    x, _ = blobs(16, seed=1)
+    old = {k: TRAIN[k] for k in ("seed", "layers", "activation", "dropout", "epochs")}
+    old.update(batch_size=8, learning_rate=0.001)
+    model = train_stage.build_head(keras, x, N_CLASSES, old)
+    assert model.output_shape == (None, N_CLASSES)
+
+
+def project_params() -> dict:
+    return yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("l2", -0.001, "'train.l2' parameter must be a number in [0, 1)"),
+        ("label_smoothing", 1.0, "'train.label_smoothing' parameter must be a number in [0, 1)"),
+        ("lr_schedule", "cosin", "'train.lr_schedule' parameter must be one of"),
+        ("patience", -1, "'train.patience' parameter must be an integer"),
+        ("patience", 2.5, "'train.patience' parameter must be an integer"),
+    ],
+)
+def test_params_refuse_bad_head_options(key: str, value, message: str) -> None:
+    params = project_params()
+    params["train"][key] = value
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        validate(params)
+
+
+def test_project_params_have_the_head_options() -> None:
+    train = validate(project_params())["train"]
+    assert set(train_stage.HEAD_DEFAULTS) <= set(train)
+
+
+def test_train_stage_writes_a_head_that_loads_in_safe_mode(
+    keras, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stage itself, with smoothing, L2, cosine and early stopping all on."""
+    features = tmp_path / "data/features"
+    features.mkdir(parents=True)
+    for split, n, seed in (("train", 96, 1), ("val", 48, 2)):
+        x, y = blobs(n, seed=seed, noise=2.0)
+        np.save(features / f"{split}_features.npy", x)
+        np.save(features / f"{split}_labels.npy", y)
+    (tmp_path / "data/split").mkdir()
+    (tmp_path / "data/split/classes.json").write_text(json.dumps(["a", "b", "c"]))
+    params = project_params()
+    params["train"] = {
+        **TRAIN,
+        "layers": [32],
+        "epochs": 60,
+        "l2": 0.001,
+        "label_smoothing": 0.1,
+        "lr_schedule": "cosine",
+        "patience": 2,
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+
+    train_stage.main()
+
+    rows = read_log(tmp_path / "plots/train_log.csv")
+    assert 3 <= len(rows) < 60
+    assert f"({len(rows)} of 60 epochs on 96 feature vectors)" in capsys.readouterr().out
+    # The saved head is the best epoch's (by val loss), and loads in Keras' safe mode.
+    best = min(rows, key=lambda row: float(row["val_loss"]))
+    head = keras.saving.load_model(tmp_path / "models/head.keras", safe_mode=True)
+    x_val, y_val = blobs(48, seed=2, noise=2.0)
+    accuracy = np.mean(head.predict(x_val, verbose=0).argmax(1) == y_val)
+    assert accuracy == pytest.approx(float(best["val_accuracy"]), abs=1e-6)
+    assert accuracy > 0.5  # three classes: chance is 1/3
