@@ -143,7 +143,9 @@ def draw_gallery(
     n = max(len(images), 1)
     cols = min(10, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.45 * rows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(max(1.3 * cols, 6.0), 1.45 * rows + 0.6), squeeze=False
+    )
     fig.patch.set_facecolor("black")
     for ax in axes.flat:
         ax.axis("off")

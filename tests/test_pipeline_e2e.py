@@ -71,7 +71,7 @@ def test_full_run_writes_every_output(repo: Path) -> None:
 
 
 def test_train_change_reruns_only_train_and_evaluate(repo: Path) -> None:
-    write_params(repo, {"train.dropout": 0.5})
+    write_params(repo, {"train.dropout": 0.25})
     assert repro(repo) == {"train", "evaluate"}
     assert_up_to_date(repo)
 
@@ -80,7 +80,7 @@ def test_augment_change_reruns_augment_onward(repo: Path) -> None:
     write_params(repo, {"augment.rotation": 0.1})
     assert repro(repo) == {"augment", "extract", "train", "evaluate", "baselines"}
     assert_up_to_date(repo)
-    git_commit(repo, "dropout 0.5, rotation 0.1")
+    git_commit(repo, "dropout 0.25, rotation 0.1")
 
 
 def test_predict_agrees_with_evaluate(repo: Path, tmp_path: Path) -> None:
