@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.common.errors import run_stage
+from stages.common.images import to_model_input
 from stages.common.io import atomic_path, load_npy, npy_writer, save_npy, write_json
 from stages.common.params import load_params
 from stages.common.tf import setup_keras
@@ -109,15 +110,14 @@ def build_extractor(keras, extract: dict, image_size: int):
 
 
 def make_forward(tf, model, strategy) -> Callable:
-    """Compiled uint8 batch -> float32 features: ``preprocess_input``, then the model.
+    """Compiled uint8 batch -> float32 features: ``to_model_input``, then the model.
 
     With several replicas each one runs its slice of the batch and the slices are gathered
     back in order.
     """
-    from keras.applications.resnet50 import preprocess_input
 
     def forward(images):
-        return model(preprocess_input(tf.cast(images, tf.float32)), training=False)
+        return model(to_model_input(images), training=False)
 
     jit = bool(tf.config.list_logical_devices("GPU"))  # Keras' "auto": XLA on GPU only
     if strategy.num_replicas_in_sync == 1:

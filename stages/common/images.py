@@ -179,16 +179,18 @@ def decode_image(path: str | Path, size: int) -> np.ndarray:
         ) from None
 
 
-def to_model_input(batch: np.ndarray) -> np.ndarray:
+def to_model_input(batch):
     """Turn a uint8 RGB batch ``(n, h, w, 3)`` into ResNet50's input: ``preprocess_input``.
 
-    The one preprocessing function used for training features, evaluation and prediction.
+    The one preprocessing function used for training features (inside extract's compiled
+    forward pass, on tensors), evaluation and prediction (on numpy arrays).
     """
+    from keras import ops
     from keras.applications.resnet50 import preprocess_input
 
-    if batch.ndim != 4 or batch.shape[-1] != 3:
+    if len(batch.shape) != 4 or batch.shape[-1] != 3:
         raise ValueError(f"expected a batch of RGB images (n, h, w, 3), got shape {batch.shape}")
-    return preprocess_input(batch.astype(np.float32))
+    return preprocess_input(ops.cast(batch, "float32"))
 
 
 @dataclass
