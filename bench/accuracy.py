@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tools.scratch import copy_project, git_commit
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "accuracy.json"
 # Overrides on top of params.yaml. seed_like: the seed project's setup (last block, two dense
@@ -50,24 +52,10 @@ CONFIGS: dict[str, list[str]] = {
 BASELINES = ("logreg_pixels", "svm_rbf_pixels", "logreg_features")
 
 
-def project_files(root: Path) -> list[str]:
-    out = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=root,
-        capture_output=True,
-        check=True,
-    ).stdout
-    return sorted({p for p in out.decode().split("\0") if p and (root / p).is_file()})
-
-
 def make_repo(dest: Path) -> Path:
     """A committed git repository holding the project's files (no outputs, no DVC cache)."""
-    for rel in project_files(ROOT):
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, dest / rel)
-    ident = ["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", *ident, "commit", "-qm", "b"]):
-        subprocess.run(cmd, cwd=dest, check=True)
+    copy_project(dest, ROOT)
+    git_commit(dest, "b", init=True, name="bench")
     return dest
 
 

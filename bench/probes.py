@@ -205,11 +205,6 @@ def head_timer(keras):
     return EpochTimer()
 
 
-def steady(values: list[float]) -> float:
-    """Median seconds of the epochs after the first (which includes tracing)."""
-    return float(np.median(values[1:]))
-
-
 def read_repo(repo: Path) -> tuple[dict, dict]:
     import yaml
 
@@ -217,94 +212,97 @@ def read_repo(repo: Path) -> tuple[dict, dict]:
     return params["train"], params["augment"]
 
 
-def probe_head(repo: str, epochs: int) -> dict:
-    """train.build_head + fit exactly as stages/train.py does, on the repo's cached features."""
+def inloop_model(keras, head, augment: dict, size: int):
+    """The seed's method: augmentation layers -> preprocess -> frozen ResNet50 -> ``head``."""
+    from keras.applications.resnet50 import preprocess_input
+
+    from stages.augment import build_augmenter
+
+    base = plain_model(keras, size)
+    base.trainable = False
+    inputs = keras.Input((size, size, 3))
+    model = keras.Model(
+        inputs, head(base(preprocess_input(build_augmenter(keras, augment)(inputs))))
+    )
+    model.compile(optimizer=head.optimizer, loss=head.loss, metrics=["accuracy"])
+    return model
+
+
+def probe_epochs(repo: str, rounds: int, inloop_batches: int) -> dict:
+    """Epoch times, interleaved round by round in one process: the head fitted on the cached
+    features as stages/train.py does (train.build_head + fit, val as one cached batch), two variants of that fit, and
+    the seed's method on the original training images.
+
+    The seed's method trains on the first ``inloop_batches`` full batches of the training images
+    per timed epoch and validates on all validation images; its training part is scaled
+    linearly to all training images. Each model runs one untimed epoch first (tracing).
+    """
     from stages.common.tf import setup_keras
-    from stages.train import build_head
+    from stages.train import build_head, validation_dataset
 
     repo_path = Path(repo)
-    train, _ = read_repo(repo_path)
+    train, augment = read_repo(repo_path)
     keras = setup_keras(train["seed"])
-    features = repo_path / "data/features"
+    features, split = repo_path / "data/features", repo_path / "data/split"
     x, y = np.load(features / "train_features.npy"), np.load(features / "train_labels.npy")
     xv, yv = np.load(features / "val_features.npy"), np.load(features / "val_labels.npy")
-    n_classes = int(max(y.max(), yv.max())) + 1
+    images = np.load(split / "train_images.npy").astype(np.float32)
+    image_labels = np.load(split / "train_labels.npy")
+    val_images = np.load(split / "val_images.npy").astype(np.float32)
+    n_classes, batch = int(max(y.max(), yv.max())) + 1, train["batch_size"]
 
-    def fit(batch_size: int, **compile_args) -> Any:
+    def head(**compile_args):
         model = build_head(keras, x, n_classes, train)
         if compile_args:  # the same optimizer and loss, compiled with other settings
             model.compile(
                 optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], **compile_args
             )
-        timer = head_timer(keras)
-        model.fit(
+        return model
+
+    subset = min(len(images), inloop_batches * batch)
+    runs = {  # name: (model, x, y, validation data, batch size)
+        "head": (head(), x, y, validation_dataset((xv, yv)), batch),
+        "head_steps_per_execution_32": (
+            head(steps_per_execution=32),
             x,
             y,
-            validation_data=(xv, yv),
-            epochs=epochs,
-            batch_size=batch_size,
-            shuffle=True,
-            callbacks=[timer],
-            verbose=0,
-        )
-        return timer
-
-    result: dict[str, Any] = {"train_images": len(x), "feature_dim": int(x.shape[1])}
-    variants = {
-        "default": (train["batch_size"], {}),
-        "steps_per_execution_32": (train["batch_size"], {"steps_per_execution": 32}),
-        "batch_1024": (1024, {}),
+            validation_dataset((xv, yv)),
+            batch,
+        ),
+        "head_batch_1024": (head(), x, y, validation_dataset((xv, yv)), 1024),
+        "inloop": (
+            inloop_model(keras, head(), augment, images.shape[1]),
+            images[:subset],
+            image_labels[:subset],
+            (val_images, yv),
+            batch,
+        ),
     }
-    for name, (batch_size, compile_args) in variants.items():
-        timer = fit(batch_size, **compile_args)
-        result[name] = {"epoch_s": steady(timer.epoch_s), "train_s": steady(timer.train_s)}
-    return result
-
-
-def probe_inloop(repo: str, epochs: int) -> dict:
-    """The seed's method: augmentation layers -> preprocess -> frozen ResNet50 -> same head,
-    fitted on the original training images every epoch."""
-    from keras.applications.resnet50 import preprocess_input
-
-    from stages.augment import build_augmenter
-    from stages.common.tf import setup_keras
-    from stages.train import build_head
-
-    repo_path = Path(repo)
-    train, augment = read_repo(repo_path)
-    keras = setup_keras(train["seed"])
-    split, features = repo_path / "data/split", repo_path / "data/features"
-    x = np.load(split / "train_images.npy").astype(np.float32)
-    y = np.load(split / "train_labels.npy")
-    xv, yv = np.load(split / "val_images.npy").astype(np.float32), np.load(split / "val_labels.npy")
-    head = build_head(keras, np.load(features / "train_features.npy"), int(y.max()) + 1, train)
-    base = plain_model(keras, x.shape[1])
-    base.trainable = False
-    inputs = keras.Input(x.shape[1:])
-    outputs = head(base(preprocess_input(build_augmenter(keras, augment)(inputs))))
-    model = keras.Model(inputs, outputs)
-    model.compile(optimizer=head.optimizer, loss=head.loss, metrics=["accuracy"])
-    batch = train["batch_size"]
-    warm = batch + len(x) % batch  # one full and one partial batch: every shape gets traced
-    model.fit(x[:warm], y[:warm], validation_data=(xv, yv), batch_size=batch, verbose=0)
-    timer = head_timer(keras)
-    model.fit(
-        x,
-        y,
-        validation_data=(xv, yv),
-        epochs=epochs,
-        batch_size=batch,
-        shuffle=True,
-        callbacks=[timer],
-        verbose=0,
-    )
-    return {
+    timers = {name: head_timer(keras) for name in runs}
+    for repeat in range(rounds + 1):
+        for name, (model, xs, ys, validation, batch_size) in runs.items():
+            model.fit(
+                xs,
+                ys,
+                validation_data=validation,
+                batch_size=batch_size,
+                shuffle=True,
+                callbacks=[timers[name]] if repeat else [],
+                verbose=0,
+            )
+    result: dict[str, Any] = {
         "train_images": len(x),
-        "val_images": len(xv),
-        "epochs_timed": epochs,
-        "epoch_s": float(np.median(timer.epoch_s)),
-        "train_s": float(np.median(timer.train_s)),
+        "inloop_train_images": len(images),
+        "inloop_timed_images": subset,
+        "rounds": rounds,
     }
+    for name, timer in timers.items():
+        train_s = float(np.median(timer.train_s))
+        validation_s = float(np.median(np.subtract(timer.epoch_s, timer.train_s)))
+        if name == "inloop":
+            train_s *= len(images) / subset
+        result[name] = {"epoch_s": train_s + validation_s, "train_s": train_s}
+    return result
 
 
 def probe_precision(repo: str, precisions: list[str]) -> dict:
@@ -357,8 +355,7 @@ def probe_precision(repo: str, precisions: list[str]) -> dict:
 PROBES = {
     "import": probe_import,
     "extract_speed": probe_extract_speed,
-    "head": probe_head,
-    "inloop": probe_inloop,
+    "epochs": probe_epochs,
     "precision": probe_precision,
 }
 

@@ -212,12 +212,13 @@ def main() -> None:
         show_truth=False,
     )
     wrong = np.flatnonzero(labels != predicted)[:MAX_GALLERY]
+    n_wrong = int(np.sum(labels != predicted))
     draw_gallery(
         images[wrong],
         labels[wrong],
         predicted[wrong],
         classes,
-        f"{int(np.sum(labels != predicted))} misclassified test images (true→predicted)"
+        f"{n_wrong} misclassified test image{'' if n_wrong == 1 else 's'} (true→predicted)"
         + (f", first {MAX_GALLERY} shown" if len(wrong) == MAX_GALLERY else ""),
         PLOTS / "misclassified.png",
         show_truth=True,

@@ -75,11 +75,11 @@ def fold_batchnorm(keras, model):
     for layer in folded.layers:
         if not layer.weights:
             continue
-        weights = [np.asarray(w, dtype=np.float64) for w in model.get_layer(layer.name).weights]
+        weights = [w.astype(np.float64) for w in model.get_layer(layer.name).get_weights()]
         bn_name = layer.name.removesuffix("_conv") + "_bn"
         if isinstance(layer, keras.layers.Conv2D) and bn_name in names:
             bn = model.get_layer(bn_name)
-            gamma, beta, mean, variance = (np.asarray(w, np.float64) for w in bn.weights)
+            gamma, beta, mean, variance = (w.astype(np.float64) for w in bn.get_weights())
             scale = gamma / np.sqrt(variance + bn.epsilon)
             kernel, bias = weights
             weights = [kernel * scale, (bias - mean) * scale + beta]

