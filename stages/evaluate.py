@@ -211,8 +211,9 @@ def main() -> None:
         PLOTS / "prediction_grid.png",
         show_truth=False,
     )
-    wrong = np.flatnonzero(labels != predicted)[:MAX_GALLERY]
-    n_wrong = int(np.sum(labels != predicted))
+    misclassified = np.flatnonzero(labels != predicted)
+    n_wrong = len(misclassified)
+    wrong = misclassified[:MAX_GALLERY]
     draw_gallery(
         images[wrong],
         labels[wrong],

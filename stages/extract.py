@@ -88,6 +88,12 @@ def fold_batchnorm(keras, model):
     return folded
 
 
+def global_pooling(keras, pooling: str, name: str | None = None):
+    """The ``extract.pooling`` layer (``avg`` or ``max``), computed in float32."""
+    layer = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}
+    return layer[pooling](name=name or f"{pooling}_pool", dtype="float32")
+
+
 def build_extractor(keras, extract: dict, image_size: int):
     """ResNet50 (frozen) up to ``extract.layer``, then global pooling: images -> feature vectors.
 
@@ -95,14 +101,7 @@ def build_extractor(keras, extract: dict, image_size: int):
     ``keras.mixed_precision.set_global_policy`` for 16-bit compute; pooling is float32.
     """
     base, info = load_resnet50(extract["weights"], image_size, extract["seed"])
-    pool = (
-        keras.layers.GlobalAveragePooling2D
-        if extract["pooling"] == "avg"
-        else keras.layers.GlobalMaxPooling2D
-    )
-    features = pool(name=f"{extract['pooling']}_pool", dtype="float32")(
-        base.get_layer(extract["layer"]).output
-    )
+    features = global_pooling(keras, extract["pooling"])(base.get_layer(extract["layer"]).output)
     model = keras.Model(
         base.input, features, name=f"resnet50_{extract['layer']}_{extract['pooling']}"
     )

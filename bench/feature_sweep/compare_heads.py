@@ -3,7 +3,7 @@
     python -m bench.feature_sweep.compare_heads SETS HEADS SEEDS HEAD_SEEDS ROOT
 
 SETS: a JSON list of feature names written by ``extract_features`` ("a+b" concatenates two);
-HEADS: a JSON list of overrides of the head params below ({} for those); SEEDS: the split
+HEADS: a JSON list of overrides of params.yaml's ``train`` section ({} for none); SEEDS: the split
 seeds (features in ROOT/feat_<seed>); HEAD_SEEDS: ``train.seed`` values. Prints one JSON line
 per fit. Logistic regression picks C on val accuracy as the baselines stage does; the head is
 stages.train's own ``build_head`` + ``fit_head``. The choice of defaults reads val columns
@@ -19,23 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.baselines import LOGREG_C, logreg
+from stages.baselines import LOGREG_C, logreg, select_on_val
+from stages.common.params import load_params
 from stages.common.tf import setup_keras
 from stages.train import build_head, fit_head
 
-HEAD = {
-    "seed": 42,
-    "layers": [512],
-    "activation": "relu",
-    "dropout": 0.5,
-    "epochs": 40,
-    "batch_size": 256,
-    "learning_rate": 1e-3,
-    "l2": 0,
-    "label_smoothing": 0.1,
-    "lr_schedule": "cosine",
-    "patience": 8,
-}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load(folder: Path, features: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -44,22 +33,21 @@ def load(folder: Path, features: str, split: str) -> tuple[np.ndarray, np.ndarra
 
 
 def best_logreg(data: dict, n_orig: int) -> dict:
-    """Val-chosen C (first of ties), fitted on the original training images only."""
-    (x, y), (xv, yv), (xt, yt) = data["train"], data["val"], data["test"]
-    best: dict = {}
-    for C in LOGREG_C:
-        model = logreg(C).fit(x[:n_orig], y[:n_orig])
-        val_acc = float((model.predict(xv) == yv).mean())
-        if not best or val_acc > best["val_acc"]:
-            best = {"C": C, "val_acc": round(val_acc, 4)}
-            best["test_err"] = int((model.predict(xt) != yt).sum())
-    return best
+    """The baselines stage's own val-only choice of C, fitted on the original training images."""
+    data = {**data, "train": tuple(a[:n_orig] for a in data["train"])}
+    result = select_on_val(logreg, [{"C": C} for C in LOGREG_C], data)
+    n_test = len(data["test"][1])
+    return {
+        "C": result["C"],
+        "val_acc": round(result["val_accuracy"], 4),
+        "test_err": round((1 - result["test_accuracy"]) * n_test),
+    }
 
 
 def head_row(keras, data: dict, params: dict, log: Path) -> dict:
     (x, y), (xv, yv), (xt, yt) = data["train"], data["val"], data["test"]
     keras.utils.set_random_seed(params["seed"])
-    model = build_head(keras, x, 10, params)
+    model = build_head(keras, x, int(y.max()) + 1, params)
     start = time.perf_counter()
     ran, _ = fit_head(keras, model, (x, y), (xv, yv), params, log)
     seconds = time.perf_counter() - start
@@ -76,6 +64,7 @@ def head_row(keras, data: dict, params: dict, log: Path) -> dict:
 def main() -> None:
     sets, heads, seeds, head_seeds = (json.loads(a) for a in sys.argv[1:5])
     root = Path(sys.argv[5])
+    head_defaults = load_params("train", path=ROOT / "params.yaml")["train"]
     keras = setup_keras(42)
     for seed in seeds:
         folder = root / f"feat_{seed}"
@@ -86,7 +75,7 @@ def main() -> None:
             print(json.dumps({**row, **best_logreg(data, n_orig)}), flush=True)
             for head in heads:
                 for head_seed in head_seeds:
-                    params = {**HEAD, **head, "seed": head_seed}
+                    params = {**head_defaults, **head, "seed": head_seed}
                     row = {"seed": seed, "fs": features, "model": head, "hs": head_seed}
                     result = head_row(keras, data, params, root / "log.csv")
                     print(json.dumps({**row, **result}), flush=True)

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.common.images import to_model_input
 from stages.common.tf import setup_keras
 from stages.common.weights import load_resnet50
-from stages.extract import fold_batchnorm
+from stages.extract import fold_batchnorm, global_pooling, make_forward, make_strategy
 
 LAYERS = ("conv3_block4_out", "conv4_block3_out", "conv4_block6_out")
 POOLINGS = ("avg", "max")
@@ -44,14 +43,13 @@ def main() -> None:
 
     size = np.load(project / "data/split/val_images.npy", mmap_mode="r").shape[1]
     base, _ = load_resnet50("imagenet", size, 42)
-    pools = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}
     names, outputs = [], []
     for layer in LAYERS:
         for pooling in POOLINGS:
             names.append(f"{layer}_{pooling}")
-            outputs.append(pools[pooling]()(base.get_layer(layer).output))
+            outputs.append(global_pooling(keras, pooling, names[-1])(base.get_layer(layer).output))
     model = fold_batchnorm(keras, keras.Model(base.input, outputs))
-    forward = tf.function(lambda x: model(to_model_input(x), training=False))
+    forward = make_forward(tf, model, make_strategy(tf))  # the extract stage's forward pass
     out = root / f"feat_{tag}"
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
