@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from stages.common.errors import run_stage
-from stages.common.io import atomic_path, load_npy, read_json
+from stages.common.io import atomic_path, load_npy, read_json, save_model
 from stages.common.params import load_params
 from stages.common.tf import setup_keras
 
@@ -169,10 +169,10 @@ def main() -> None:
     x_val, y_val = load_npy(FEATURES / "val_features.npy"), load_npy(FEATURES / "val_labels.npy")
     classes = read_json(CLASSES)
     model = build_head(keras, x_train, len(classes), train)
-    with atomic_path(LOG) as log, atomic_path(HEAD) as head:
+    with atomic_path(LOG) as log:
         ran, best = fit_head(keras, model, (x_train, y_train), (x_val, y_val), train, log)
         compile_for_saving(model)
-        model.save(head)
+        save_model(model, HEAD)
     kept = f"weights of epoch {best}" if train["patience"] > 0 else f"weights of epoch {ran}"
     print(
         f"train: wrote {HEAD} ({model.count_params():,} parameters, {kept}) and {LOG} "

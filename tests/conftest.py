@@ -8,6 +8,7 @@ API (small on purpose):
   PATH; on a non-zero exit (with ``check``) the test fails showing the command's output.
 * ``write_params(repo, overrides)``: apply ``{"train.epochs": 3, ...}`` to ``repo/params.yaml``.
 * ``write_images(folder, counts, size=16)``: write ``<class>/<i>.png`` test images.
+* ``git_status(repo)``: ``git status --porcelain`` ("" when the working tree is clean).
 * ``snapshot(folder)``: every file's bytes and mtime, to show a folder was left untouched.
 * ``png_bytes(width, height, depth, color, rows)``: a hand-made PNG (any bit depth, or a header
   that claims any size with ``rows=None``); ``scanlines(array)`` makes its rows.
@@ -91,6 +92,11 @@ def run(
             pytrace=False,
         )
     return result
+
+
+def git_status(repo: str | Path) -> str:
+    """``git status --porcelain`` of ``repo``: "" when nothing differs from HEAD."""
+    return run(["git", "status", "--porcelain"], repo).stdout
 
 
 def write_params(repo: str | Path, overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,35 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
 def load_npy(path: str | Path, mmap: bool = False) -> np.ndarray:
     """Load a .npy array; object arrays (pickles, which can run code) are refused."""
     return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+
+
+# The zip timestamp (the earliest a zip can hold) and the ``date_saved`` written into every model.
+FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+FIXED_DATE_SAVED = "1980-01-01@00:00:00"
+
+
+def save_model(model: Any, path: str | Path) -> None:
+    """Save a Keras model as ``.keras``, atomically and byte-identical for the same model.
+
+    Keras writes the save time into the archive (``metadata.json``'s ``date_saved`` and the
+    weights entry's zip timestamp), so every save of the same weights would get a new md5: DVC
+    would record a "changed" model and push it again. The archive is rewritten with entries
+    sorted by name, the zip epoch as every timestamp and ``date_saved`` set to that epoch;
+    nothing else changes, and Keras loads it as usual.
+    """
+    with atomic_path(path) as final, scratch_path(Path(path).parent, ".keras") as raw:
+        model.save(raw)
+        with zipfile.ZipFile(raw) as src, zipfile.ZipFile(final, "w") as dst:
+            for name in sorted(src.namelist()):
+                data = src.read(name)
+                if name == "metadata.json":
+                    metadata = json.loads(data)
+                    metadata["date_saved"] = FIXED_DATE_SAVED
+                    data = json.dumps(metadata).encode("utf-8")
+                info = zipfile.ZipInfo(name, date_time=FIXED_ZIP_TIME)
+                info.compress_type = src.getinfo(name).compress_type
+                info.external_attr = 0o644 << 16
+                dst.writestr(info, data)
 
 
 @contextlib.contextmanager
