@@ -144,8 +144,8 @@ def load_source(data: dict) -> tuple[list[str], list, np.ndarray, list[str], dic
     if not inside:
         print(
             f"WARNING: data.folder '{folder}' is outside the repository, so it is not versioned "
-            "(DVC records its hash but keeps no copy). To version it: "
-            f"dvc import-url '{folder}' data/raw, then set data.folder: data/raw."
+            "(DVC records its hash but keeps no copy). To version it: git rm -q data/raw/.gitkeep "
+            f"&& dvc import-url '{folder}' data/raw, then set data.folder: data/raw."
         )
     if not scan.classes:
         loose = len(scan.skipped.get("outside_class_folder", []))

@@ -149,20 +149,29 @@ def test_leftovers_of_a_killed_run_are_removed_by_the_next_write(tmp_path):
 
 
 def test_save_model_writes_the_same_bytes_for_the_same_model(tmp_path):
-    """Keras records the save time; save_model does not, so DVC sees an unchanged model."""
+    """Keras records the save time and the memory address of shared objects; save_model does
+    not, so DVC sees an unchanged model when the same weights are saved again."""
     import keras
 
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    save_model(model, tmp_path / "a.keras")
+    def build() -> keras.Model:  # like the head: layers share one dtype-policy object
+        keras.backend.clear_session()  # the same layer names
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dropout(0.5)(keras.layers.Dense(8, activation="relu")(inputs))
+        outputs = keras.layers.Dense(3, activation="softmax")(hidden)
+        model = keras.Model(inputs, outputs)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        return model
+
+    first, second = build(), build()  # the same weights, other Python objects
+    save_model(first, tmp_path / "a.keras")
     time.sleep(2.1)  # zip timestamps have a 2-second resolution, date_saved one second
-    save_model(model, tmp_path / "b.keras")
+    save_model(second, tmp_path / "b.keras")
     assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.keras", "b.keras"]  # no leftovers
     loaded = keras.saving.load_model(tmp_path / "b.keras", safe_mode=True)
     x = np.linspace(-1, 1, 8, dtype="float32").reshape(2, 4)
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), first.predict(x, verbose=0))
 
 
 # --- Kill dvc repro during extract, then resume (slow) -----------------------------------------

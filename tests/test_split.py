@@ -226,7 +226,10 @@ def test_only_a_folder_outside_the_repository_warns_that_it_is_not_versioned(rep
     warnings = [line for line in result.stdout.splitlines() if line.startswith("WARNING")]
     assert len(warnings) == 1, result.stdout
     assert "is outside the repository, so it is not versioned" in warnings[0]
-    assert f"dvc import-url '{tmp_path / 'raw'}' data/raw" in warnings[0]
+    assert (
+        f"git rm -q data/raw/.gitkeep && dvc import-url '{tmp_path / 'raw'}' data/raw"
+        in warnings[0]
+    )
 
     write_images(repo / "data" / "raw", {"a": 5, "b": 5})
     try:
