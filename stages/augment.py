@@ -19,6 +19,10 @@ from stages.common.io import load_npy, npy_writer, save_npy
 from stages.common.params import load_params
 from stages.common.tf import setup_keras
 
+# What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
+READS = (paths.split_images("train"), paths.split_labels("train"))
+WRITES = (paths.AUGMENTED_DIR,)
+
 
 def build_augmenter(keras, augment: dict):
     """The random transformations, as one Keras model of preprocessing layers."""

@@ -31,6 +31,12 @@ from stages.common.io import load_npy, write_json
 from stages.common.params import load_params
 
 SPLITS = paths.SPLITS
+# What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
+READS = (
+    *(p for s in SPLITS for p in (paths.split_images(s), paths.split_labels(s))),
+    paths.FEATURES_DIR,
+)
+WRITES = (paths.BASELINES,)
 LOGREG_C = (0.001, 0.01, 0.1, 1.0, 10.0)
 SVM_C = (1.0, 3.0, 10.0, 30.0, 100.0)
 SVM_GAMMA_SCALE = (0.25, 0.5, 1.0, 2.0)  # times scikit-learn's gamma="scale", 1 / (d * var(X))

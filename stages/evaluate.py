@@ -28,6 +28,16 @@ from stages.common.params import load_params
 from stages.common.tf import setup_keras
 
 SPLITS = paths.SPLITS
+# What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
+READS = (paths.HEAD, paths.FEATURES_DIR, paths.SPLIT_DIR)
+WRITES = (
+    paths.METRICS,
+    paths.PER_CLASS,
+    paths.PREDICTIONS,
+    paths.CONFUSION,
+    paths.PREDICTION_GRID,
+    paths.MISCLASSIFIED,
+)
 MAX_GALLERY = 200
 RIGHT, WRONG = "#ffd60a", "#ff3b30"  # the seed's captions: yellow when right, red when wrong
 

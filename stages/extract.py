@@ -37,6 +37,10 @@ from stages.common.params import load_params
 from stages.common.tf import setup_keras
 from stages.common.weights import load_resnet50
 
+# What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
+READS = (paths.SPLIT_DIR, paths.AUGMENTED_DIR)
+WRITES = (paths.FEATURES_DIR, paths.EXTRACTOR)
+
 
 def make_strategy(tf, devices: Sequence[str] | None = None):
     """``MirroredStrategy`` over ``devices`` (default: every GPU) if more than one, else one device."""

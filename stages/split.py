@@ -32,6 +32,9 @@ from stages.common.io import npy_writer, save_npy, scratch_path, write_json, wri
 from stages.common.params import load_params
 
 SPLITS = paths.SPLITS
+# What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
+READS: tuple = ()  # and data.folder, a param (dvc.yaml: ${data.folder})
+WRITES = (paths.SPLIT_DIR,)
 
 
 def load_digits_source(size: int) -> tuple[list[str], list, np.ndarray, list[str]]:

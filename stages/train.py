@@ -27,6 +27,9 @@ from stages.common.io import atomic_path, load_npy, read_json
 from stages.common.params import load_params
 from stages.common.tf import setup_keras
 
+# What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
+READS = (paths.FEATURES_DIR, paths.CLASSES)
+WRITES = (paths.HEAD, paths.TRAIN_LOG)
 # What build_head assumes for keys a caller's ``train`` dict may lack (params.yaml has them all).
 HEAD_DEFAULTS: dict[str, Any] = {
     "l2": 0.0,

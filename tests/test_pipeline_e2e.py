@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import TINY_PARAMS, copy_project, git_commit, run, write_params
 from PIL import Image
 
@@ -70,6 +71,27 @@ def test_full_run_writes_every_output(repo: Path) -> None:
     epochs = list(csv.DictReader((repo / paths.TRAIN_LOG).open()))
     assert [int(row["epoch"]) for row in epochs] == [0, 1, 2]
     assert_up_to_date(repo)
+
+
+def test_every_file_written_is_a_declared_out(repo: Path) -> None:
+    """What the stages really wrote (not what they say): each file lies in an out of dvc.yaml."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    outs = [
+        Path(item if isinstance(item, str) else next(iter(item)))
+        for stage in stages.values()
+        for key in ("outs", "metrics", "plots")
+        for item in stage.get(key, [])
+    ]
+    folders = (paths.SPLIT_DIR.parent, paths.MODELS_DIR, paths.METRICS_DIR, paths.PLOTS_DIR)
+    written = [
+        p.relative_to(repo)
+        for folder in folders
+        for p in (repo / folder).rglob("*")
+        if p.is_file() and p.name not in (".gitignore", ".gitkeep")  # git's, not the stages'
+    ]
+    assert len(written) > 20
+    undeclared = [p for p in written if not any(p == o or p.is_relative_to(o) for o in outs)]
+    assert not undeclared, f"written by a stage but not declared in dvc.yaml: {undeclared}"
 
 
 def test_train_change_reruns_only_train_and_evaluate(repo: Path) -> None:
