@@ -21,7 +21,15 @@ from PIL import Image
 from stages.common import paths
 
 pytestmark = pytest.mark.slow
-STAGES = {"split", "augment", "extract", "train", "evaluate", "baselines"}
+STAGES = {
+    "split",
+    "augment",
+    "extract",
+    "train",
+    "evaluate",
+    "baselines_pixels",
+    "baselines_features",
+}
 
 
 def stages_run(output: str) -> set[str]:
@@ -102,7 +110,7 @@ def test_train_change_reruns_only_train_and_evaluate(repo: Path) -> None:
 
 def test_augment_change_reruns_augment_onward(repo: Path) -> None:
     write_params(repo, {"augment.rotation": 0.1})
-    assert repro(repo) == {"augment", "extract", "train", "evaluate", "baselines"}
+    assert repro(repo) == {"augment", "extract", "train", "evaluate", "baselines_features"}
     assert_up_to_date(repo)
     git_commit(repo, "dropout 0.25, rotation 0.1")
 

@@ -34,7 +34,8 @@ HEAD = MODELS_DIR / "head.keras"  # train
 METRICS_DIR = Path("metrics")
 METRICS = METRICS_DIR / "metrics.json"  # evaluate
 PER_CLASS = METRICS_DIR / "per_class.json"  # evaluate
-BASELINES = METRICS_DIR / "baselines.json"  # baselines
+BASELINES_PIXELS = METRICS_DIR / "baselines_pixels.json"  # baselines_pixels
+BASELINES_FEATURES = METRICS_DIR / "baselines_features.json"  # baselines_features
 
 PLOTS_DIR = Path("plots")
 TRAIN_LOG = PLOTS_DIR / "train_log.csv"  # train
