@@ -15,32 +15,44 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import time
-from pathlib import Path
 
 import numpy as np
 
+from stages.common import paths
 from stages.common.errors import run_stage
-from stages.common.io import atomic_path, load_npy, read_json, write_json, write_text
+from stages.common.io import load_npy, read_json, write_json, write_text
 from stages.common.params import load_params
+from stages.common.plots import draw_confusion, draw_gallery
 from stages.common.tf import setup_keras
 
-FEATURES = Path("data/features")
-SPLIT = Path("data/split")
-HEAD = Path("models/head.keras")
-METRICS = Path("metrics")
-PLOTS = Path("plots")
-SPLITS = ("train", "val", "test")
+SPLITS = paths.SPLITS
+# What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
+READS = (paths.HEAD, paths.FEATURES_DIR, paths.SPLIT_DIR)
+WRITES = (
+    paths.METRICS,
+    paths.PER_CLASS,
+    paths.PREDICTIONS,
+    paths.CONFUSION,
+    paths.PREDICTION_GRID,
+    paths.MISCLASSIFIED,
+)
 MAX_GALLERY = 200
-RIGHT, WRONG = "#ffd60a", "#ff3b30"  # the seed's captions: yellow when right, red when wrong
+
+
+Predictions = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (probabilities, labels)
 
 
 def predict_split(head, split: str, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities and labels for one split's cached features (first ``rows`` only)."""
-    features = load_npy(FEATURES / f"{split}_features.npy", mmap=True)[:rows]
-    labels = load_npy(FEATURES / f"{split}_labels.npy")[:rows]
+    features = load_npy(paths.features(split), mmap=True)[:rows]
+    labels = load_npy(paths.feature_labels(split))[:rows]
     return head.predict(np.asarray(features), batch_size=1024, verbose=0), labels
+
+
+def predict_splits(head, n_train: int) -> Predictions:
+    """Every split's predictions; train on the original images only, not their augmented copies."""
+    return {s: predict_split(head, s, rows=n_train if s == "train" else None) for s in SPLITS}
 
 
 def split_scores(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> dict[str, float]:
@@ -73,111 +85,14 @@ def test_report(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> tu
     return {k.replace("-score", ""): v for k, v in summary.items()}, per_class
 
 
-def write_predictions(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> None:
-    """plots/predictions.csv: one row per test image, for DVC's confusion templates and predict."""
-    sources = [row["source"] for row in _manifest() if row["split"] == "test"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["row", "source", "actual", "predicted", "confidence"])
-    for i, (p, y) in enumerate(zip(probs, labels, strict=True)):
-        writer.writerow([i, sources[i], classes[y], classes[p.argmax()], f"{p.max():.4f}"])
-    write_text(PLOTS / "predictions.csv", buffer.getvalue())
-
-
-def _manifest() -> list[dict[str, str]]:
-    with open(SPLIT / "manifest.csv", encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _save_figure(fig, path: Path) -> None:
-    """Save a matplotlib figure atomically, without metadata that would change between runs."""
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, metadata={"Software": None}, facecolor=fig.get_facecolor())
-    plt.close(fig)
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def draw_confusion(labels: np.ndarray, predicted: np.ndarray, classes: list[str]) -> None:
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    plt = _figure()
-    side = max(5.0, 0.5 * len(classes) + 2)
-    fig, ax = plt.subplots(figsize=(side, side))
-    ConfusionMatrixDisplay.from_predictions(
-        labels,
-        predicted,
-        labels=list(range(len(classes))),
-        display_labels=classes,
-        cmap="Blues",
-        colorbar=False,
-        ax=ax,
-        xticks_rotation="vertical" if max(map(len, classes)) > 3 else "horizontal",
-    )
-    accuracy = float(np.mean(labels == predicted))
-    ax.set_title(f"Test confusion matrix: {accuracy:.2%} of {len(labels)} images")
-    fig.tight_layout()
-    _save_figure(fig, PLOTS / "confusion.png")
-
-
-def draw_gallery(
-    images: np.ndarray,
-    labels: np.ndarray,
-    predicted: np.ndarray,
-    classes: list[str],
-    title: str,
-    path: Path,
-    show_truth: bool,
-) -> None:
-    """A grid of images on black, each captioned with its prediction: yellow right, red wrong."""
-    plt = _figure()
-    n = max(len(images), 1)
-    cols = min(10, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(max(1.3 * cols, 6.0), 1.45 * rows + 0.6), squeeze=False
-    )
-    fig.patch.set_facecolor("black")
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, y, p in zip(axes.flat, images, labels, predicted, strict=False):
-        ax.imshow(image)
-        caption = f"{classes[y]}→{classes[p]}" if show_truth else classes[p]
-        ax.set_title(
-            caption, color=RIGHT if y == p else WRONG, fontsize=12, fontweight="bold", pad=2
-        )
-    if len(images) == 0:
-        axes.flat[0].text(0.5, 0.5, "none", color="white", ha="center", va="center")
-    fig.suptitle(title, color="white", fontsize=12)
-    fig.tight_layout()
-    _save_figure(fig, path)
-
-
-def main() -> None:
-    evaluate = load_params("evaluate")["evaluate"]
-    keras = setup_keras(evaluate["seed"])
-    start = time.perf_counter()
-    head = keras.saving.load_model(HEAD, safe_mode=True)
-    classes = read_json(SPLIT / "classes.json")
-    info = read_json(FEATURES / "info.json")
-    split_report = read_json(SPLIT / "report.json")
-    n_train = split_report["images"]["train"]
-    metrics: dict = {}
-    for split in SPLITS:
-        # Train is scored on the original images only, not on their augmented copies.
-        probs, labels = predict_split(head, split, rows=n_train if split == "train" else None)
-        metrics[split] = split_scores(probs, labels, len(classes))
-    macro, per_class = test_report(probs, labels, classes)
+def score(
+    predictions: Predictions, classes: list[str], split_report: dict, info: dict
+) -> tuple[dict, dict]:
+    """metrics.json (scores per split, image counts, which features) and per_class.json."""
+    metrics: dict = {s: split_scores(*predictions[s], len(classes)) for s in SPLITS}
+    macro, per_class = test_report(*predictions["test"], classes)
     metrics["test"].update(macro)
+    n_train = split_report["images"]["train"]
     metrics["images"] = {
         **split_report["images"],
         "train_augmented": info["images"]["train"] - n_train,
@@ -191,13 +106,32 @@ def main() -> None:
         "pooling": info["pooling"],
         "image_size": info["image_size"],
     }
-    write_json(METRICS / "metrics.json", metrics)
-    write_json(METRICS / "per_class.json", per_class)
+    return metrics, per_class
 
+
+def write_predictions(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> None:
+    """plots/predictions.csv: one row per test image, for DVC's confusion templates and predict."""
+    sources = [row["source"] for row in _manifest() if row["split"] == "test"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["row", "source", "actual", "predicted", "confidence"])
+    for i, (p, y) in enumerate(zip(probs, labels, strict=True)):
+        writer.writerow([i, sources[i], classes[y], classes[p.argmax()], f"{p.max():.4f}"])
+    write_text(paths.PREDICTIONS, buffer.getvalue())
+
+
+def _manifest() -> list[dict[str, str]]:
+    with open(paths.MANIFEST, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def draw_test_figures(
+    probs: np.ndarray, labels: np.ndarray, classes: list[str], evaluate: dict
+) -> None:
+    """The confusion matrix, a seeded grid of ``evaluate.grid_size`` test images, the mistakes."""
     predicted = probs.argmax(1)
-    write_predictions(probs, labels, classes)
-    draw_confusion(labels, predicted, classes)
-    images = load_npy(SPLIT / "test_images.npy", mmap=True)
+    draw_confusion(labels, predicted, classes, paths.CONFUSION)
+    images = load_npy(paths.split_images("test"), mmap=True)
     order = np.random.default_rng(evaluate["seed"]).permutation(len(labels))[
         : evaluate["grid_size"]
     ]
@@ -208,7 +142,7 @@ def main() -> None:
         predicted[order],
         classes,
         f"{grid_right} of {len(order)} test images right ({grid_right / len(order):.2%})",
-        PLOTS / "prediction_grid.png",
+        paths.PREDICTION_GRID,
         show_truth=False,
     )
     misclassified = np.flatnonzero(labels != predicted)
@@ -221,12 +155,27 @@ def main() -> None:
         classes,
         f"{n_wrong} misclassified test image{'' if n_wrong == 1 else 's'} (true→predicted)"
         + (f", first {MAX_GALLERY} shown" if len(wrong) == MAX_GALLERY else ""),
-        PLOTS / "misclassified.png",
+        paths.MISCLASSIFIED,
         show_truth=True,
     )
+
+
+def main() -> None:
+    evaluate = load_params("evaluate")["evaluate"]
+    keras = setup_keras(evaluate["seed"])
+    start = time.perf_counter()
+    head = keras.saving.load_model(paths.HEAD, safe_mode=True)
+    classes = read_json(paths.CLASSES)
+    split_report = read_json(paths.SPLIT_REPORT)
+    predictions = predict_splits(head, split_report["images"]["train"])
+    metrics, per_class = score(predictions, classes, split_report, read_json(paths.FEATURES_INFO))
+    write_json(paths.METRICS, metrics)
+    write_json(paths.PER_CLASS, per_class)
+    write_predictions(*predictions["test"], classes)
+    draw_test_figures(*predictions["test"], classes, evaluate)
     print(
         f"evaluate: test accuracy {metrics['test']['accuracy']:.4f} (val {metrics['val']['accuracy']:.4f}, "
-        f"train {metrics['train']['accuracy']:.4f}); wrote {METRICS}/ and {PLOTS}/ "
+        f"train {metrics['train']['accuracy']:.4f}); wrote {paths.METRICS_DIR}/ and {paths.PLOTS_DIR}/ "
         f"in {time.perf_counter() - start:.1f}s"
     )
 

@@ -28,6 +28,7 @@ from conftest import (
     write_params,
 )
 
+from stages.common import paths
 from stages.common.io import atomic_path, load_npy, save_model, save_npy, scratch_path, write_json
 
 TEMP_PREFIXES = (".tmp-", ".scratch-")
@@ -180,7 +181,7 @@ def test_save_model_writes_the_same_bytes_for_the_same_model(tmp_path):
 def wait_for_extract(repo: Path, log: Path, process: subprocess.Popen, timeout: float) -> str:
     """Block until extract is writing (a temp file in data/features); return what was seen."""
     deadline = time.monotonic() + timeout
-    features = repo / "data" / "features"
+    features = repo / paths.FEATURES_DIR
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"dvc repro ended before extract started:\n{log.read_text()[-4000:]}")
@@ -213,7 +214,7 @@ def repro_killed_during_extract(repo: Path, sig: signal.Signals, log: Path) -> s
     output = log.read_text()
     assert process.returncode != 0, output
     assert "Running stage 'extract'" in output
-    assert not (repo / "data/features/info.json").exists(), "extract must not have finished"
+    assert not (repo / paths.FEATURES_INFO).exists(), "extract must not have finished"
     return output
 
 
@@ -233,10 +234,16 @@ def test_killed_during_extract_then_repro_completes_cleanly(pipeline_repo, tmp_p
     assert leftovers(repo), "SIGKILL leaves temp files behind: what the next run must handle"
 
     result = run(["dvc", "repro"], repo)
-    assert stages_run(result.stdout) == ["extract", "train", "evaluate", "baselines"]
+    assert stages_run(result.stdout) == [
+        "extract",
+        "train",
+        "evaluate",
+        "baselines_pixels",
+        "baselines_features",
+    ]
     assert_up_to_date(repo)
     assert leftovers(repo) == []
-    metrics = json.loads((repo / "metrics/metrics.json").read_text())
+    metrics = json.loads((repo / paths.METRICS).read_text())
     assert metrics["images"]["train_augmented"] == metrics["images"]["train"] > 0
 
 
@@ -245,8 +252,10 @@ def test_killed_during_extract_then_repro_completes_cleanly(pipeline_repo, tmp_p
 
 def outputs(repo: Path) -> dict[str, str]:
     """sha256 of metrics, plots, models and every data array the stages wrote."""
-    patterns = ["metrics/*", "plots/*.csv", "plots/*.png", "data/split/*", "data/augmented/*"]
-    patterns += ["data/features/*", "models/*.keras"]
+    folders = [paths.METRICS_DIR, paths.SPLIT_DIR, paths.AUGMENTED_DIR, paths.FEATURES_DIR]
+    patterns = [f"{folder}/*" for folder in folders]
+    patterns += [f"{paths.PLOTS_DIR}/*.csv", f"{paths.PLOTS_DIR}/*.png"]
+    patterns += [str(paths.HEAD), str(paths.EXTRACTOR)]
     files = sorted(p for pattern in patterns for p in repo.glob(pattern) if p.is_file())
     assert len(files) >= 25
     return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
@@ -273,13 +282,14 @@ def test_folder_source_reruns_byte_identical_and_never_touches_the_folder(pipeli
         "extract",
         "train",
         "evaluate",
-        "baselines",
+        "baselines_pixels",
+        "baselines_features",
     ]
     assert_up_to_date(repo)
     assert snapshot(raw) == before
-    metrics = json.loads((repo / "metrics/metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads((repo / paths.METRICS).read_text(encoding="utf-8"))
     assert metrics["images"]["skipped"] == 3  # .DS_Store, the repository's .gitkeep, broken.png
-    assert json.loads((repo / "data/split/classes.json").read_text()) == ["big dog", "cat", "영"]
+    assert json.loads((repo / paths.CLASSES).read_text()) == ["big dog", "cat", "영"]
     reference = outputs(repo)
     git_commit(repo, "first run")  # what a fresh clone's `make run` must reproduce exactly
 

@@ -14,11 +14,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_PARAMS, copy_project, git_commit, run, write_params
+import yaml
+from conftest import TINY_PARAMS, git_commit, run, scratch_repo, write_params
 from PIL import Image
 
+from stages.common import paths
+
 pytestmark = pytest.mark.slow
-STAGES = {"split", "augment", "extract", "train", "evaluate", "baselines"}
+STAGES = {
+    "split",
+    "augment",
+    "extract",
+    "train",
+    "evaluate",
+    "baselines_pixels",
+    "baselines_features",
+}
 
 
 def stages_run(output: str) -> set[str]:
@@ -39,18 +50,14 @@ def assert_up_to_date(repo: Path) -> None:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project after a full ``dvc repro`` with tiny params, committed."""
-    path = tmp_path_factory.mktemp("e2e") / "repo"
-    path.mkdir()
-    copy_project(path)
-    write_params(path, TINY_PARAMS)
-    git_commit(path, "project with tiny params", init=True)
+    path = scratch_repo(tmp_path_factory.mktemp("e2e") / "repo", TINY_PARAMS)
     assert repro(path) == STAGES
     git_commit(path, "first run")
     return path
 
 
 def test_full_run_writes_every_output(repo: Path) -> None:
-    metrics = json.loads((repo / "metrics/metrics.json").read_text())
+    metrics = json.loads((repo / paths.METRICS).read_text())
     assert metrics["features"]["weights"] == "random"
     assert metrics["features"]["weights_source"].startswith("random initialisation")
     assert metrics["features"]["layer"] == "conv4_block6_out"
@@ -60,14 +67,44 @@ def test_full_run_writes_every_output(repo: Path) -> None:
         assert 0 <= metrics[split]["accuracy"] <= 1
     # Even random features carry signal: well above the 10 % of guessing.
     assert metrics["val"]["accuracy"] > 0.3
-    per_class = json.loads((repo / "metrics/per_class.json").read_text())
+    per_class = json.loads((repo / paths.PER_CLASS).read_text())
     assert sorted(per_class) == [str(d) for d in range(10)]
     assert sum(c["support"] for c in per_class.values()) == metrics["images"]["test"]
-    for name in ("confusion.png", "prediction_grid.png", "misclassified.png", "train_log.csv"):
-        assert (repo / "plots" / name).stat().st_size > 0
-    epochs = list(csv.DictReader((repo / "plots/train_log.csv").open()))
+    for path in (paths.CONFUSION, paths.PREDICTION_GRID, paths.MISCLASSIFIED, paths.TRAIN_LOG):
+        assert (repo / path).stat().st_size > 0
+    epochs = list(csv.DictReader((repo / paths.TRAIN_LOG).open()))
     assert [int(row["epoch"]) for row in epochs] == [0, 1, 2]
     assert_up_to_date(repo)
+
+
+def test_every_file_written_is_a_declared_out(repo: Path) -> None:
+    """What the stages really wrote (not what they say): each file lies in an out of dvc.yaml."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    outs = [
+        Path(item if isinstance(item, str) else next(iter(item)))
+        for stage in stages.values()
+        for key in ("outs", "metrics", "plots")
+        for item in stage.get(key, [])
+    ]
+    folders = (paths.SPLIT_DIR.parent, paths.MODELS_DIR, paths.METRICS_DIR, paths.PLOTS_DIR)
+    written = [
+        p.relative_to(repo)
+        for folder in folders
+        for p in (repo / folder).rglob("*")
+        if p.is_file() and p.name not in (".gitignore", ".gitkeep")  # git's, not the stages'
+    ]
+    assert len(written) > 20
+    undeclared = [p for p in written if not any(p == o or p.is_relative_to(o) for o in outs)]
+    assert not undeclared, f"written by a stage but not declared in dvc.yaml: {undeclared}"
+
+
+def test_each_stage_recorded_its_time_outside_the_outputs(repo: Path) -> None:
+    """run_stage's timing record (what bench/ reads): one per stage run, in DVC's scratch folder."""
+    records = [json.loads(line) for line in (repo / paths.STAGE_TIMES).read_text().splitlines()]
+    assert {r["stage"] for r in records} == STAGES and len(records) == len(STAGES)
+    assert all(r["seconds"] > 0 for r in records)
+    ignored = run(["git", "check-ignore", str(paths.STAGE_TIMES)], repo)
+    assert ignored.stdout.strip() == str(paths.STAGE_TIMES)
 
 
 def test_train_change_reruns_only_train_and_evaluate(repo: Path) -> None:
@@ -78,14 +115,14 @@ def test_train_change_reruns_only_train_and_evaluate(repo: Path) -> None:
 
 def test_augment_change_reruns_augment_onward(repo: Path) -> None:
     write_params(repo, {"augment.rotation": 0.1})
-    assert repro(repo) == {"augment", "extract", "train", "evaluate", "baselines"}
+    assert repro(repo) == {"augment", "extract", "train", "evaluate", "baselines_features"}
     assert_up_to_date(repo)
     git_commit(repo, "dropout 0.25, rotation 0.1")
 
 
 def test_predict_agrees_with_evaluate(repo: Path, tmp_path: Path) -> None:
-    images = np.load(repo / "data/split/test_images.npy")
-    rows = list(csv.DictReader((repo / "plots/predictions.csv").open()))
+    images = np.load(repo / paths.split_images("test"))
+    rows = list(csv.DictReader((repo / paths.PREDICTIONS).open()))
     assert len(rows) == len(images)
     for i, image in enumerate(images):
         Image.fromarray(image).save(tmp_path / f"{i:04d}.png")
@@ -109,7 +146,7 @@ def test_metrics_and_plots_diff_between_commits(repo: Path, tmp_path: Path) -> N
     write_params(repo, {"train.layers": [32], "train.dropout": 0.0})
     assert repro(repo) == {"train", "evaluate"}
     diff = run(["dvc", "metrics", "diff", "--json"], repo)
-    changes = json.loads(diff.stdout)["metrics/metrics.json"]
+    changes = json.loads(diff.stdout)[str(paths.METRICS)]
     assert set(changes["test.accuracy"]) >= {"old", "new"}
     text = run(["dvc", "metrics", "diff"], repo).stdout
     assert "test.accuracy" in text

@@ -30,7 +30,15 @@ from conftest import (
 )
 
 pytestmark = pytest.mark.slow
-PIPELINE = {"split", "augment", "extract", "train", "evaluate", "baselines"}
+PIPELINE = {
+    "split",
+    "augment",
+    "extract",
+    "train",
+    "evaluate",
+    "baselines_pixels",
+    "baselines_features",
+}
 BUCKET = "pipeline-remote"
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "id-from-the-environment",

@@ -14,6 +14,7 @@ import yaml
 from conftest import REPO_ROOT
 
 from stages import train as train_stage
+from stages.common import paths
 from stages.common.params import ParamsError, validate
 from stages.common.tf import setup_keras
 
@@ -64,7 +65,8 @@ def test_early_stopping_stops_and_restores_the_best_weights(keras, tmp_path: Pat
     val_losses = [float(row["val_loss"]) for row in read_log(tmp_path / "log")]
     assert ran == len(val_losses) < 200
     assert best == int(np.argmin(val_losses)) + 1 == ran - 3
-    kept_loss = model.evaluate(x_val, y_val, batch_size=64, verbose=0)[0]
+    y_val_1hot = train_stage.one_hot(y_val, N_CLASSES)
+    kept_loss = model.evaluate(x_val, y_val_1hot, batch_size=64, verbose=0)[0]
     assert kept_loss == pytest.approx(min(val_losses), rel=1e-4)
     assert kept_loss < val_losses[-1]
 
@@ -95,7 +97,7 @@ def test_label_smoothing_reaches_the_loss(keras, smoothing: float) -> None:
     y_pred = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32)
     targets = (1 - smoothing) * np.eye(N_CLASSES)[y_true] + smoothing / N_CLASSES
     expected = float(np.mean(-np.sum(targets * np.log(y_pred), axis=1)))
-    loss = model.compute_loss(x=None, y=y_true, y_pred=y_pred)
+    loss = model.compute_loss(x=None, y=train_stage.one_hot(y_true, N_CLASSES), y_pred=y_pred)
     assert float(keras.ops.convert_to_numpy(loss)) == pytest.approx(expected, rel=1e-5)
 
 
@@ -110,16 +112,16 @@ def test_learning_rate_schedule(keras, tmp_path: Path, schedule: str, last_rate:
     assert model.optimizer.iterations.numpy() == 5 * 2  # epochs x ceil(64 / 32) steps
 
 
-def test_build_head_accepts_a_train_dict_without_the_new_keys(keras) -> None:
+def test_build_head_refuses_an_incomplete_train_dict(keras) -> None:
+    """No second set of defaults: a caller that leaves a key out is told, not given another head."""
     x, _ = blobs(16, seed=1)
-    old = {k: TRAIN[k] for k in ("seed", "layers", "activation", "dropout", "epochs")}
-    old.update(batch_size=8, learning_rate=0.001)
-    model = train_stage.build_head(keras, x, N_CLASSES, old)
-    assert model.output_shape == (None, N_CLASSES)
+    partial = {k: v for k, v in TRAIN.items() if k != "label_smoothing"}
+    with pytest.raises(ParamsError, match=re.escape("missing key 'train.label_smoothing'")):
+        train_stage.build_head(keras, x, N_CLASSES, partial)
 
 
 def project_params() -> dict:
-    return yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
+    return yaml.safe_load((REPO_ROOT / paths.PARAMS_FILE).read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize(
@@ -139,23 +141,18 @@ def test_params_refuse_bad_head_options(key: str, value, message: str) -> None:
         validate(params)
 
 
-def test_project_params_have_the_head_options() -> None:
-    train = validate(project_params())["train"]
-    assert set(train_stage.HEAD_DEFAULTS) <= set(train)
-
-
 def test_train_stage_writes_a_head_that_loads_in_safe_mode(
     keras, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The stage itself, with smoothing, L2, cosine and early stopping all on."""
-    features = tmp_path / "data/features"
+    features = tmp_path / paths.FEATURES_DIR
     features.mkdir(parents=True)
     for split, n, seed in (("train", 96, 1), ("val", 48, 2)):
         x, y = blobs(n, seed=seed, noise=2.0)
-        np.save(features / f"{split}_features.npy", x)
-        np.save(features / f"{split}_labels.npy", y)
-    (tmp_path / "data/split").mkdir()
-    (tmp_path / "data/split/classes.json").write_text(json.dumps(["a", "b", "c"]))
+        np.save(tmp_path / paths.features(split), x)
+        np.save(tmp_path / paths.feature_labels(split), y)
+    (tmp_path / paths.SPLIT_DIR).mkdir()
+    (tmp_path / paths.CLASSES).write_text(json.dumps(["a", "b", "c"]))
     params = project_params()
     params["train"] = {
         **TRAIN,
@@ -166,17 +163,17 @@ def test_train_stage_writes_a_head_that_loads_in_safe_mode(
         "lr_schedule": "cosine",
         "patience": 2,
     }
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / paths.PARAMS_FILE).write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
 
     train_stage.main()
 
-    rows = read_log(tmp_path / "plots/train_log.csv")
+    rows = read_log(tmp_path / paths.TRAIN_LOG)
     assert 3 <= len(rows) < 60
     assert f"({len(rows)} of 60 epochs on 96 feature vectors)" in capsys.readouterr().out
     # The saved head is the best epoch's (by val loss), and loads in Keras' safe mode.
     best = min(rows, key=lambda row: float(row["val_loss"]))
-    head = keras.saving.load_model(tmp_path / "models/head.keras", safe_mode=True)
+    head = keras.saving.load_model(tmp_path / paths.HEAD, safe_mode=True)
     x_val, y_val = blobs(48, seed=2, noise=2.0)
     accuracy = np.mean(head.predict(x_val, verbose=0).argmax(1) == y_val)
     assert accuracy == pytest.approx(float(best["val_accuracy"]), abs=1e-6)

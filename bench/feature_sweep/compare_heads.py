@@ -5,7 +5,7 @@
 SETS: a JSON list of feature names written by ``extract_features`` ("a+b" concatenates two);
 HEADS: a JSON list of overrides of params.yaml's ``train`` section ({} for none); SEEDS: the split
 seeds (features in ROOT/feat_<seed>); HEAD_SEEDS: ``train.seed`` values. Prints one JSON line
-per fit. Logistic regression picks C on val accuracy as the baselines stage does; the head is
+per fit. Logistic regression picks C on val accuracy as the baselines_features stage does; the head is
 stages.train's own ``build_head`` + ``fit_head``. The choice of defaults reads val columns
 only; test errors are printed to report, not to choose.
 """
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.baselines import LOGREG_C, logreg, select_on_val
+from stages.common import paths
+from stages.common.baselines import logreg, logreg_grid, select_on_val
 from stages.common.params import load_params
 from stages.common.tf import setup_keras
 from stages.train import build_head, fit_head
@@ -33,9 +34,9 @@ def load(folder: Path, features: str, split: str) -> tuple[np.ndarray, np.ndarra
 
 
 def best_logreg(data: dict, n_orig: int) -> dict:
-    """The baselines stage's own val-only choice of C, fitted on the original training images."""
+    """The baselines_features stage's own val-only choice of C, fitted on the original training images."""
     data = {**data, "train": tuple(a[:n_orig] for a in data["train"])}
-    result = select_on_val(logreg, [{"C": C} for C in LOGREG_C], data)
+    result = select_on_val(logreg, logreg_grid(), data)
     n_test = len(data["test"][1])
     return {
         "C": result["C"],
@@ -64,7 +65,7 @@ def head_row(keras, data: dict, params: dict, log: Path) -> dict:
 def main() -> None:
     sets, heads, seeds, head_seeds = (json.loads(a) for a in sys.argv[1:5])
     root = Path(sys.argv[5])
-    head_defaults = load_params("train", path=ROOT / "params.yaml")["train"]
+    head_defaults = load_params("train", path=ROOT / paths.PARAMS_FILE)["train"]
     keras = setup_keras(42)
     for seed in seeds:
         folder = root / f"feat_{seed}"

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-PARAMS_FILE = Path("params.yaml")
+from stages.common.paths import PARAMS_FILE
 
 # ResNet50 layers whose output can be pooled and cached: the output of every residual
 # block, plus the stem. Listed here (not read from Keras) so validation needs no TensorFlow.
@@ -227,6 +227,14 @@ def _split_problems(params: dict) -> list[str]:
         f"'split.val' + 'split.test' must be below 1 so that some images are left to train "
         f"on. Got {split['val']!r} + {split['test']!r} = {total:g} instead."
     ]
+
+
+def validate_section(section: str, value: Any) -> dict[str, Any]:
+    """Check one section given as a dict (code that builds one, e.g. a benchmark, calls this)."""
+    problems = _section_problems(section, value)
+    if problems:
+        raise ParamsError(f"Invalid '{section}' params:\n  - " + "\n  - ".join(problems))
+    return value
 
 
 def validate(params: Any) -> dict[str, dict[str, Any]]:
