@@ -17,6 +17,9 @@ API (small on purpose):
   working-tree files of this repository (tracked and untracked-but-not-ignored, as they are now),
   with ``TINY_PARAMS`` applied. DVC outputs and caches are not copied, so nothing is shared with
   the real checkout.
+* fixture ``shipped_repo`` (session): such a repository after ``dvc repro export evaluate``: a
+  tiny trained pipeline with its exported model, built once per test session. Tests must not
+  change it (copy it first: ``shutil.copytree(shipped_repo, dest, symlinks=True)``).
 """
 
 from __future__ import annotations
@@ -144,6 +147,18 @@ def pipeline_repo(tmp_path: Path) -> Path:
     copy_project(repo)
     write_params(repo, TINY_PARAMS)
     git_commit(repo, "project with tiny params", init=True)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def shipped_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny pipeline trained, exported and evaluated once per session (read-only for tests)."""
+    repo = tmp_path_factory.mktemp("shipped") / "repo"
+    repo.mkdir()
+    copy_project(repo)
+    write_params(repo, TINY_PARAMS)
+    git_commit(repo, "project with tiny params", init=True)
+    run(["dvc", "repro", "export", "evaluate"], repo)
     return repo
 
 

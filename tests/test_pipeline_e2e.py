@@ -18,7 +18,7 @@ from conftest import TINY_PARAMS, copy_project, git_commit, run, write_params
 from PIL import Image
 
 pytestmark = pytest.mark.slow
-STAGES = {"split", "augment", "extract", "train", "evaluate", "baselines"}
+STAGES = {"split", "augment", "extract", "train", "evaluate", "baselines", "export"}
 
 
 def stages_run(output: str) -> set[str]:
@@ -70,15 +70,15 @@ def test_full_run_writes_every_output(repo: Path) -> None:
     assert_up_to_date(repo)
 
 
-def test_train_change_reruns_only_train_and_evaluate(repo: Path) -> None:
+def test_train_change_reruns_only_train_evaluate_and_export(repo: Path) -> None:
     write_params(repo, {"train.dropout": 0.25})
-    assert repro(repo) == {"train", "evaluate"}
+    assert repro(repo) == {"train", "evaluate", "export"}
     assert_up_to_date(repo)
 
 
 def test_augment_change_reruns_augment_onward(repo: Path) -> None:
     write_params(repo, {"augment.rotation": 0.1})
-    assert repro(repo) == {"augment", "extract", "train", "evaluate", "baselines"}
+    assert repro(repo) == {"augment", "extract", "train", "evaluate", "baselines", "export"}
     assert_up_to_date(repo)
     git_commit(repo, "dropout 0.25, rotation 0.1")
 
@@ -107,7 +107,7 @@ def test_predict_agrees_with_evaluate(repo: Path, tmp_path: Path) -> None:
 
 def test_metrics_and_plots_diff_between_commits(repo: Path, tmp_path: Path) -> None:
     write_params(repo, {"train.layers": [32], "train.dropout": 0.0})
-    assert repro(repo) == {"train", "evaluate"}
+    assert repro(repo) == {"train", "evaluate", "export"}
     diff = run(["dvc", "metrics", "diff", "--json"], repo)
     changes = json.loads(diff.stdout)["metrics/metrics.json"]
     assert set(changes["test.accuracy"]) >= {"old", "new"}
