@@ -26,14 +26,27 @@ from pathlib import Path
 import numpy as np
 
 from stages.common import classifier as shipped
+from stages.common import paths
 from stages.common.errors import PipelineError, run_stage
 from stages.common.io import load_npy, read_json, remove_leftovers, write_json
 
-SPLIT = Path("data/split")
-FEATURES = Path("data/features")
-EXTRACTOR = Path("models/feature_extractor.keras")
-HEAD = Path("models/head.keras")
-METRICS = Path("metrics/export.json")
+READS = (
+    paths.EXTRACTOR,
+    paths.HEAD,
+    paths.features("test"),
+    paths.split_images("test"),
+    paths.split_labels("test"),
+    paths.CLASSES,
+)
+WRITES = (paths.CLASSIFIER, paths.EXPORT_DIR, paths.EXPORT_METRICS)
+SHIPPED = (paths.CLASSIFIER, paths.EXPORT_DIR)  # built in a scratch folder, moved in when checked
+EXPORTED = (
+    paths.EXPORT_DIR,
+    paths.EXPORT_LABELS,
+    paths.EXPORT_PREP,
+    paths.EXPORT_SAVED_MODEL,
+    paths.EXPORT_TFLITE,
+)
 TOLERANCE = 1e-4  # largest allowed difference of any probability from the reference
 SCRATCH_PREFIX = ".scratch-export-"
 
@@ -145,67 +158,68 @@ def size_of(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def build(scratch: Path) -> tuple[Path, Path]:
-    """Write classifier.keras and export/ into ``scratch``; return both paths."""
+def build(scratch: Path) -> None:
+    """Write classifier.keras and export/ into ``scratch``, laid out as models/ is."""
     keras = shipped.keras
-    extractor = keras.saving.load_model(EXTRACTOR, safe_mode=True, compile=False)
-    head = keras.saving.load_model(HEAD, safe_mode=True, compile=False)
-    size = int(load_npy(SPLIT / "test_images.npy", mmap=True).shape[1])
+    extractor = keras.saving.load_model(paths.EXTRACTOR, safe_mode=True, compile=False)
+    head = keras.saving.load_model(paths.HEAD, safe_mode=True, compile=False)
+    size = int(load_npy(paths.split_images("test"), mmap=True).shape[1])
     model = shipped.build_classifier(extractor, head, size)
-    keras_path, export = scratch / shipped.CLASSIFIER, scratch / shipped.EXPORT
-    export.mkdir()
-    save_keras(model, keras_path)
-    export_saved_model(model, export / shipped.SAVED_MODEL)
-    convert_tflite(export / shipped.SAVED_MODEL, export / shipped.TFLITE)
-    shipped.write_labels(export / shipped.LABELS, read_json(SPLIT / "classes.json"))
-    write_json(export / shipped.PREP, shipped.prep_settings(size))
-    return keras_path, export
+    out = {p: shipped.in_models(p, scratch) for p in (paths.CLASSIFIER, *EXPORTED)}
+    out[paths.EXPORT_DIR].mkdir()
+    save_keras(model, out[paths.CLASSIFIER])
+    export_saved_model(model, out[paths.EXPORT_SAVED_MODEL])
+    convert_tflite(out[paths.EXPORT_SAVED_MODEL], out[paths.EXPORT_TFLITE])
+    shipped.write_labels(out[paths.EXPORT_LABELS], read_json(paths.CLASSES))
+    write_json(out[paths.EXPORT_PREP], shipped.prep_settings(size))
 
 
-def verify(keras_path: Path, export: Path) -> dict[str, dict]:
+def verify(scratch: Path) -> dict[str, dict]:
     """Each exported file, reloaded, on the test images against the head on the cached features."""
-    head = shipped.keras.saving.load_model(HEAD, safe_mode=True, compile=False)
-    reference = head.predict(load_npy(FEATURES / "test_features.npy"), batch_size=1024, verbose=0)
-    images = load_npy(SPLIT / "test_images.npy")
+    head = shipped.keras.saving.load_model(paths.HEAD, safe_mode=True, compile=False)
+    reference = head.predict(load_npy(paths.features("test")), batch_size=1024, verbose=0)
+    images = load_npy(paths.split_images("test"))
     runners = {
-        "keras": keras_probabilities(keras_path),
-        "saved_model": saved_model_probabilities(export / shipped.SAVED_MODEL),
-        "tflite": tflite_probabilities(export / shipped.TFLITE),
+        "keras": keras_probabilities(shipped.in_models(paths.CLASSIFIER, scratch)),
+        "saved_model": saved_model_probabilities(
+            shipped.in_models(paths.EXPORT_SAVED_MODEL, scratch)
+        ),
+        "tflite": tflite_probabilities(shipped.in_models(paths.EXPORT_TFLITE, scratch)),
     }
     return {name: compare(name, run(images), reference) for name, run in runners.items()}
 
 
-def place(keras_path: Path, export: Path, models: Path = shipped.MODELS) -> None:
-    """Move the checked files from the scratch folder to their places in ``models``."""
-    target = models / shipped.EXPORT
-    if target.exists():
-        shutil.rmtree(target)
-    remove_leftovers(models, f".tmp-{shipped.CLASSIFIER}.")
-    keras_path.replace(models / shipped.CLASSIFIER)
-    export.replace(target)
+def place(scratch: Path) -> None:
+    """Move the checked files from the scratch folder to their places in models/."""
+    if paths.EXPORT_DIR.exists():
+        shutil.rmtree(paths.EXPORT_DIR)
+    remove_leftovers(paths.MODELS_DIR, f".tmp-{paths.CLASSIFIER.name}.")
+    for path in SHIPPED:
+        shipped.in_models(path, scratch).replace(path)
 
 
 def main() -> None:
     start = time.perf_counter()
     shipped.keras.utils.set_random_seed(0)
-    with scratch_dir(shipped.MODELS) as scratch:
-        keras_path, export = build(scratch)
-        results = verify(keras_path, export)
+    with scratch_dir(paths.MODELS_DIR) as scratch:
+        build(scratch)
+        results = verify(scratch)
         check(results)
         sizes = {
-            shipped.CLASSIFIER: size_of(keras_path),
-            f"{shipped.EXPORT}/{shipped.SAVED_MODEL}": size_of(export / shipped.SAVED_MODEL),
-            f"{shipped.EXPORT}/{shipped.TFLITE}": size_of(export / shipped.TFLITE),
+            str(p.relative_to(paths.MODELS_DIR)): size_of(shipped.in_models(p, scratch))
+            for p in (paths.CLASSIFIER, paths.EXPORT_SAVED_MODEL, paths.EXPORT_TFLITE)
         }
-        place(keras_path, export)
-    n = len(load_npy(SPLIT / "test_labels.npy"))
-    write_json(METRICS, {"test_images": n, "tolerance": TOLERANCE, **results, "size_bytes": sizes})
+        place(scratch)
+    n = len(load_npy(paths.split_labels("test")))
+    write_json(
+        paths.EXPORT_METRICS,
+        {"test_images": n, "tolerance": TOLERANCE, **results, "size_bytes": sizes},
+    )
     worst = max(r["max_abs_diff"] for r in results.values())
     print(
-        f"export: wrote {shipped.MODELS / shipped.CLASSIFIER} and {shipped.MODELS / shipped.EXPORT}/ "
-        f"(SavedModel, TFLite, labels, prep); on {n} test images all agree with the trained "
-        f"pipeline (top-1 equal, max probability difference {worst:.2g}) "
-        f"in {time.perf_counter() - start:.1f}s"
+        f"export: wrote {paths.CLASSIFIER} and {paths.EXPORT_DIR}/ (SavedModel, TFLite, labels, "
+        f"prep); on {n} test images all agree with the trained pipeline (top-1 equal, max "
+        f"probability difference {worst:.2g}) in {time.perf_counter() - start:.1f}s"
     )
 
 

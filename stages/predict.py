@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.common import paths
 from stages.common.images import IMAGE_EXTENSIONS, ImageError, decode_image, is_stray
 from stages.common.io import write_text
-
-MODELS = Path("models")
 
 
 def find_images(paths: list[str]) -> list[Path]:
@@ -69,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=1, help="how many classes to show per image")
     parser.add_argument("--out", type=Path, help="also write the predictions to this CSV file")
     parser.add_argument(
-        "--models", type=Path, default=MODELS, help="folder holding classifier.keras and export/"
+        "--models",
+        type=Path,
+        default=paths.MODELS_DIR,
+        help="folder holding classifier.keras and export/",
     )
     args = parser.parse_args(argv)
     files = find_images(args.paths)

@@ -27,19 +27,17 @@ from typing import Any
 
 import numpy as np
 
+from stages.common import paths
 from stages.common.images import to_model_input
 from stages.common.io import read_json
 from stages.common.tf import setup_keras
 
 keras = setup_keras()
 
-MODELS = Path("models")
-CLASSIFIER = "classifier.keras"
-EXPORT = "export"
-LABELS = "labels.txt"
-PREP = "prep.json"
-SAVED_MODEL = "saved_model"
-TFLITE = "classifier.tflite"
+
+def in_models(path: Path, models: Path) -> Path:
+    """``path`` (one of ``stages.common.paths``' models/ paths) under another models folder."""
+    return models / path.relative_to(paths.MODELS_DIR)
 
 
 @keras.saving.register_keras_serializable(package="digits_transfer")
@@ -108,16 +106,18 @@ class Bundle:
         return int(self.model.input_shape[1])
 
 
-def load_bundle(models: Path = MODELS) -> Bundle:
+def load_bundle(models: Path = paths.MODELS_DIR) -> Bundle:
     """classifier.keras (safe mode), labels.txt and prep.json, or exit naming what is missing."""
-    needed = [models / CLASSIFIER, models / EXPORT / LABELS, models / EXPORT / PREP]
-    missing = [str(p) for p in needed if not p.is_file()]
+    model_file, labels, prep = (
+        in_models(p, models) for p in (paths.CLASSIFIER, paths.EXPORT_LABELS, paths.EXPORT_PREP)
+    )
+    missing = [str(p) for p in (model_file, labels, prep) if not p.is_file()]
     if missing:
         sys.exit(
             f"ERROR: {', '.join(missing)} not found. Run `dvc repro` (the export stage) first."
         )
-    model = keras.saving.load_model(models / CLASSIFIER, safe_mode=True)
-    return Bundle(model, read_labels(models / EXPORT / LABELS), load_prep(models / EXPORT / PREP))
+    model = keras.saving.load_model(model_file, safe_mode=True)
+    return Bundle(model, read_labels(labels), load_prep(prep))
 
 
 def classify(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
