@@ -11,6 +11,7 @@ mouse and saves a screenshot of the page.
 from __future__ import annotations
 
 import io
+import json
 import os
 import queue
 import re
@@ -139,16 +140,18 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     out = Path((argv or sys.argv[1:] or ["docs/serve.png"])[0])
-    images = np.load(paths.split_images("test"))
+    images, labels = np.load(paths.split_images("test")), np.load(paths.split_labels("test"))
+    classes = json.loads(paths.CLASSES.read_text(encoding="utf-8"))
     server = Server(Path.cwd())
     try:
         with sync_playwright() as p:
             browser = launch_chromium(p)
             page = browser.new_page(viewport={"width": 1000, "height": 860})
             page.goto(server.url)
-            upload(page, [(f"test_{i}.png", png(images[i])) for i in (2, 1, 0)])
-            for i in (0, 1, 2):
-                result(page, f"test_{i}.png")
+            names = [f"test image {i} (a {classes[labels[i]]}).png" for i in range(3)]
+            upload(page, [(names[i], png(images[i])) for i in (2, 1, 0)])
+            for name in names:
+                result(page, name)
             draw(page, SEVEN)
             page.wait_for_timeout(500)
             result(page, "drawing", strokes=len(SEVEN))
