@@ -5,7 +5,7 @@
 Copies this project's working-tree files (tracked and untracked-but-not-ignored) into a
 temporary git+DVC repository and, one run at a time, runs ``dvc exp run -S split.seed=S ...``
 for every configuration and seed, with ImageNet weights. Each run's ``metrics/metrics.json``
-and ``metrics/baselines.json`` are collected into ``bench/accuracy.json``: every run's val and
+and ``metrics/baselines_{pixels,features}.json`` are collected into ``bench/accuracy.json``: every run's val and
 test accuracy and wall time, and per row the mean, sample std, min and max of test accuracy.
 A markdown table of the same goes to stdout. Model selection inside the runs uses val only;
 this script only reads what evaluate and baselines wrote.
@@ -75,7 +75,10 @@ def run_one(repo: Path, seed: int, overrides: list[str]) -> dict:
     if result.returncode != 0:
         sys.exit(f"`{' '.join(cmd)}` failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     metrics = json.loads((repo / paths.METRICS).read_text())
-    baselines = json.loads((repo / paths.BASELINES).read_text())
+    baselines = {
+        **json.loads((repo / paths.BASELINES_PIXELS).read_text()),
+        **json.loads((repo / paths.BASELINES_FEATURES).read_text()),
+    }
     return {
         "seed": seed,
         "command": " ".join(cmd),

@@ -21,7 +21,16 @@ from PIL import Image
 from stages.common import paths
 
 pytestmark = pytest.mark.slow
-STAGES = {"split", "augment", "extract", "train", "evaluate", "baselines", "export"}
+STAGES = {
+    "split",
+    "augment",
+    "extract",
+    "train",
+    "evaluate",
+    "baselines_pixels",
+    "baselines_features",
+    "export",
+}
 
 
 def stages_run(output: str) -> set[str]:
@@ -102,7 +111,14 @@ def test_train_change_reruns_only_train_evaluate_and_export(repo: Path) -> None:
 
 def test_augment_change_reruns_augment_onward(repo: Path) -> None:
     write_params(repo, {"augment.rotation": 0.1})
-    assert repro(repo) == {"augment", "extract", "train", "evaluate", "baselines", "export"}
+    assert repro(repo) == {
+        "augment",
+        "extract",
+        "train",
+        "evaluate",
+        "baselines_features",
+        "export",
+    }
     assert_up_to_date(repo)
     git_commit(repo, "dropout 0.25, rotation 0.1")
 

@@ -41,7 +41,8 @@ EXPORT_TFLITE = EXPORT_DIR / "classifier.tflite"
 METRICS_DIR = Path("metrics")
 METRICS = METRICS_DIR / "metrics.json"  # evaluate
 PER_CLASS = METRICS_DIR / "per_class.json"  # evaluate
-BASELINES = METRICS_DIR / "baselines.json"  # baselines
+BASELINES_PIXELS = METRICS_DIR / "baselines_pixels.json"  # baselines_pixels
+BASELINES_FEATURES = METRICS_DIR / "baselines_features.json"  # baselines_features
 EXPORT_METRICS = METRICS_DIR / "export.json"  # export
 
 PLOTS_DIR = Path("plots")
