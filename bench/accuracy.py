@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.common import paths
-from tools.scratch import copy_project, git_commit
+from tools.scratch import command_env, scratch_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "accuracy.json"
@@ -53,13 +52,6 @@ CONFIGS: dict[str, list[str]] = {
 BASELINES = ("logreg_pixels", "svm_rbf_pixels", "logreg_features")
 
 
-def make_repo(dest: Path) -> Path:
-    """A committed git repository holding the project's files (no outputs, no DVC cache)."""
-    copy_project(dest, ROOT)
-    git_commit(dest, "b", init=True, name="bench")
-    return dest
-
-
 def command(seed: int, overrides: list[str]) -> list[str]:
     sets = [f"split.seed={seed}", "extract.weights=imagenet", *overrides]
     return ["dvc", "exp", "run", *[arg for s in sets for arg in ("-S", s)]]
@@ -67,10 +59,9 @@ def command(seed: int, overrides: list[str]) -> list[str]:
 
 def run_one(repo: Path, seed: int, overrides: list[str]) -> dict:
     """One ``dvc exp run``; its accuracies, baselines and wall time."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     cmd = command(seed, overrides)
     start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=repo, env=command_env(), capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         sys.exit(f"`{' '.join(cmd)}` failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -122,7 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-accuracy-"))
     work.mkdir(parents=True, exist_ok=True)
-    repo = make_repo(work / "repo")
+    repo = scratch_repo(work / "repo", root=ROOT, name="bench")
     runs: dict[str, list[dict]] = {}
     for config in args.configs:
         for seed in args.seeds:

@@ -52,6 +52,10 @@ CONFUSION = PLOTS_DIR / "confusion.png"  # evaluate
 PREDICTION_GRID = PLOTS_DIR / "prediction_grid.png"  # evaluate
 MISCLASSIFIED = PLOTS_DIR / "misclassified.png"  # evaluate
 
+# Not an output: how long each stage's main() took, one JSON line per run, appended by run_stage
+# (bench/ reads it). DVC's own git-ignored scratch folder, so no tracked output changes.
+STAGE_TIMES = Path(".dvc/tmp/stage_times.jsonl")
+
 
 def split_images(split: str) -> Path:
     return SPLIT_DIR / f"{split}_images.npy"
