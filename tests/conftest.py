@@ -19,6 +19,9 @@ API (small on purpose):
   working-tree files of this repository (tracked and untracked-but-not-ignored, as they are now),
   with ``TINY_PARAMS`` applied. DVC outputs and caches are not copied, so nothing is shared with
   the real checkout.
+* fixture ``shipped_repo`` (session): such a repository after ``dvc repro export evaluate``: a
+  tiny trained pipeline with its exported model, built once per test session. Tests must not
+  change it (copy it first: ``shutil.copytree(shipped_repo, dest, symlinks=True)``).
 """
 
 from __future__ import annotations
@@ -117,6 +120,14 @@ def write_images(folder: str | Path, counts: Mapping[str, int], size: int = 16) 
 def pipeline_repo(tmp_path: Path) -> Path:
     """A committed git+DVC copy of the project in ``tmp_path / "repo"`` with ``TINY_PARAMS``."""
     return scratch_repo(tmp_path / "repo", TINY_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def shipped_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny pipeline trained, exported and evaluated once per session (read-only for tests)."""
+    repo = scratch_repo(tmp_path_factory.mktemp("shipped") / "repo", TINY_PARAMS)
+    run(["dvc", "repro", "export", "evaluate"], repo)
+    return repo
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
