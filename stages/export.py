@@ -28,7 +28,7 @@ import numpy as np
 from stages.common import classifier as shipped
 from stages.common import paths
 from stages.common.errors import PipelineError, run_stage
-from stages.common.io import load_npy, read_json, remove_leftovers, write_json
+from stages.common.io import load_npy, read_json, remove_leftovers, save_model, write_json
 
 READS = (
     paths.EXTRACTOR,
@@ -66,10 +66,6 @@ def scratch_dir(parent: Path) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def save_keras(model, path: Path) -> None:
-    model.save(path)
 
 
 def export_saved_model(model, path: Path) -> None:
@@ -167,7 +163,7 @@ def build(scratch: Path) -> None:
     model = shipped.build_classifier(extractor, head, size)
     out = {p: shipped.in_models(p, scratch) for p in (paths.CLASSIFIER, *EXPORTED)}
     out[paths.EXPORT_DIR].mkdir()
-    save_keras(model, out[paths.CLASSIFIER])
+    save_model(model, out[paths.CLASSIFIER])
     export_saved_model(model, out[paths.EXPORT_SAVED_MODEL])
     convert_tflite(out[paths.EXPORT_SAVED_MODEL], out[paths.EXPORT_TFLITE])
     shipped.write_labels(out[paths.EXPORT_LABELS], read_json(paths.CLASSES))
