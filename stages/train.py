@@ -4,12 +4,20 @@ Head: a Normalization layer that standardises the features, ``train.layers`` Den
 ``train.activation`` (L2 weight decay ``train.l2``), each followed by Dropout
 (``train.dropout``), then a softmax over the classes. Adam at ``train.learning_rate``, constant or
 cosine-decayed over ``train.epochs`` (``train.lr_schedule``); cross-entropy with
-``train.label_smoothing``. With ``train.patience`` > 0, training stops once the validation loss
-has not improved for that many epochs and the head keeps the weights of its best epoch (model
-selection on val only; test is never read here).
+``train.label_smoothing``.
 
-Outputs: ``models/head.keras`` and ``plots/train_log.csv`` (per-epoch accuracy and loss on
-train and val, from ``keras.callbacks.CSVLogger``).
+Model selection, on val only: ``train.monitor`` (default ``val_log_loss``, the plain, unsmoothed
+cross-entropy of the val images, a Keras metric beside the smoothed training objective). With
+``train.patience`` > 0, training stops once it has not improved by more than
+``train.min_delta`` for that many epochs, and the head keeps the weights of its best epoch.
+
+Outputs: ``models/head.keras``; ``plots/train_log.csv`` (per epoch, from
+``keras.callbacks.CSVLogger``: ``loss``/``val_loss`` the training objective, smoothed
+cross-entropy plus any L2 penalty; ``log_loss``/``val_log_loss`` the plain log-loss;
+``accuracy``/``val_accuracy``); ``data/predictions/{train,val,test}_probs.npy``: the saved
+head's class probabilities for each split's cached features (train: the original images only),
+so that evaluate scores them without starting TensorFlow a second time. The test features are
+only run through the finished head here; nothing about training looks at them.
 """
 
 from __future__ import annotations
@@ -22,20 +30,25 @@ from typing import Any
 import numpy as np
 
 from stages.common.errors import run_stage
-from stages.common.io import atomic_path, load_npy, read_json
+from stages.common.io import atomic_path, load_npy, read_json, save_npy
 from stages.common.params import load_params
 from stages.common.tf import setup_keras
 
 FEATURES = Path("data/features")
 CLASSES = Path("data/split/classes.json")
+SPLIT_TRAIN_LABELS = Path("data/split/train_labels.npy")
 HEAD = Path("models/head.keras")
 LOG = Path("plots/train_log.csv")
+PREDICTIONS = Path("data/predictions")
+SPLITS = ("train", "val", "test")
 # What build_head assumes for keys a caller's ``train`` dict may lack (params.yaml has them all).
 HEAD_DEFAULTS: dict[str, Any] = {
     "l2": 0.0,
     "label_smoothing": 0.0,
     "lr_schedule": "constant",
     "patience": 0,
+    "monitor": "val_log_loss",
+    "min_delta": 0.0,
 }
 
 
@@ -69,6 +82,11 @@ def head_loss(keras, n_classes: int, label_smoothing: float):
     return smoothed_crossentropy
 
 
+def head_metrics(keras) -> list:
+    """Accuracy and the plain log-loss (no smoothing, no L2): what model selection reads."""
+    return ["accuracy", keras.metrics.SparseCategoricalCrossentropy(name="log_loss")]
+
+
 def build_head(keras, x_train: np.ndarray, n_classes: int, train: dict):
     """The classifier trained on cached features: standardise, Dense/Dropout blocks, softmax.
 
@@ -96,7 +114,7 @@ def build_head(keras, x_train: np.ndarray, n_classes: int, train: dict):
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate(keras, train, len(x_train))),
         loss=head_loss(keras, n_classes, train["label_smoothing"]),
-        metrics=["accuracy"],
+        metrics=head_metrics(keras),
         # One call into TensorFlow per epoch, not per batch: about 15 % faster epochs here.
         steps_per_execution=steps_per_epoch(len(x_train), train["batch_size"]),
     )
@@ -104,15 +122,38 @@ def build_head(keras, x_train: np.ndarray, n_classes: int, train: dict):
 
 
 def callbacks(keras, train: dict, log: Path) -> list:
-    """CSVLogger always; early stopping on val loss, best weights restored, when patience > 0."""
+    """CSVLogger always; early stopping on ``train.monitor``, best weights restored, when
+    patience > 0 (an epoch counts as better only by more than ``train.min_delta``)."""
     found = [keras.callbacks.CSVLogger(str(log))]
     if train["patience"] > 0:
         found.append(
             keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=train["patience"], restore_best_weights=True
+                monitor=train["monitor"],
+                min_delta=train["min_delta"],
+                patience=train["patience"],
+                restore_best_weights=True,
             )
         )
     return found
+
+
+def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+    """Shuffled training batches gathered from the features held once as tensors.
+
+    ``fit`` on NumPy arrays slices and copies the rows through its array adapter every epoch;
+    here only a permutation of row indices is shuffled (seeded, a new order each epoch) and each
+    batch is one ``tf.gather``. Same batches-per-epoch and batch size as before.
+    """
+    import tensorflow as tf
+
+    features, labels = tf.constant(x), tf.constant(y)
+    return (
+        tf.data.Dataset.range(len(x))
+        .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .map(lambda rows: (tf.gather(features, rows), tf.gather(labels, rows)))
+        .prefetch(2)
+    )
 
 
 def validation_dataset(val_data: tuple[np.ndarray, np.ndarray]):
@@ -136,19 +177,20 @@ def fit_head(
     train: dict,
     log: Path,
 ) -> tuple[int, int]:
-    """Fit ``model``; return (epochs run, best epoch by val loss), both counted from 1."""
+    """Fit ``model``; return (epochs run, epoch whose weights it keeps), both counted from 1."""
     train = {**HEAD_DEFAULTS, **train}
+    found = callbacks(keras, train, log)
     history = model.fit(
-        *train_data,
+        train_dataset(*train_data, train["batch_size"], train["seed"]),
         validation_data=validation_dataset(val_data),
         epochs=train["epochs"],
-        batch_size=train["batch_size"],
-        shuffle=True,
-        callbacks=callbacks(keras, train, log),
+        shuffle=False,  # the dataset shuffles itself (seeded); fit would only warn
+        callbacks=found,
         verbose=2,
     )
-    val_loss = history.history["val_loss"]
-    return len(val_loss), int(np.argmin(val_loss)) + 1
+    ran = len(history.history["loss"])
+    stopper = [c for c in found if isinstance(c, keras.callbacks.EarlyStopping)]
+    return ran, (stopper[0].best_epoch + 1 if stopper else ran)
 
 
 def compile_for_saving(model) -> None:
@@ -156,6 +198,18 @@ def compile_for_saving(model) -> None:
     model.compile(
         optimizer=model.optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"]
     )
+
+
+def write_predictions(model, n_train: int, folder: Path = PREDICTIONS) -> None:
+    """The head's class probabilities for each split's cached features, as float32 ``.npy``.
+
+    Train keeps its first ``n_train`` rows: the original images, not their augmented copies.
+    """
+    for split in SPLITS:
+        features = load_npy(FEATURES / f"{split}_features.npy", mmap=True)
+        rows = n_train if split == "train" else len(features)
+        probs = model.predict(np.asarray(features[:rows]), batch_size=1024, verbose=0)
+        save_npy(folder / f"{split}_probs.npy", probs.astype(np.float32))
 
 
 def main() -> None:
@@ -173,9 +227,10 @@ def main() -> None:
         ran, best = fit_head(keras, model, (x_train, y_train), (x_val, y_val), train, log)
         compile_for_saving(model)
         model.save(head)
-    kept = f"weights of epoch {best}" if train["patience"] > 0 else f"weights of epoch {ran}"
+        write_predictions(model, len(load_npy(SPLIT_TRAIN_LABELS)))
     print(
-        f"train: wrote {HEAD} ({model.count_params():,} parameters, {kept}) and {LOG} "
+        f"train: wrote {HEAD} ({model.count_params():,} parameters, weights of epoch {best}, "
+        f"selected on {train['monitor']}), {LOG} and {PREDICTIONS}/ "
         f"({ran} of {train['epochs']} epochs on {len(x_train)} feature vectors) "
         f"in {time.perf_counter() - start:.1f}s"
     )
