@@ -29,18 +29,15 @@ from typing import Any
 
 import numpy as np
 
+from stages.common import paths
 from stages.common.errors import run_stage
 from stages.common.io import atomic_path, load_npy, read_json, save_npy
 from stages.common.params import load_params
 from stages.common.tf import setup_keras
 
-FEATURES = Path("data/features")
-CLASSES = Path("data/split/classes.json")
-SPLIT_TRAIN_LABELS = Path("data/split/train_labels.npy")
-HEAD = Path("models/head.keras")
-LOG = Path("plots/train_log.csv")
-PREDICTIONS = Path("data/predictions")
-SPLITS = ("train", "val", "test")
+# What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
+READS = (paths.FEATURES_DIR, paths.CLASSES, paths.split_labels("train"))
+WRITES = (paths.HEAD, paths.TRAIN_LOG, paths.PROBS_DIR)
 # What build_head assumes for keys a caller's ``train`` dict may lack (params.yaml has them all).
 HEAD_DEFAULTS: dict[str, Any] = {
     "l2": 0.0,
@@ -200,16 +197,16 @@ def compile_for_saving(model) -> None:
     )
 
 
-def write_predictions(model, n_train: int, folder: Path = PREDICTIONS) -> None:
+def write_predictions(model, n_train: int) -> None:
     """The head's class probabilities for each split's cached features, as float32 ``.npy``.
 
     Train keeps its first ``n_train`` rows: the original images, not their augmented copies.
     """
-    for split in SPLITS:
-        features = load_npy(FEATURES / f"{split}_features.npy", mmap=True)
+    for split in paths.SPLITS:
+        features = load_npy(paths.features(split), mmap=True)
         rows = n_train if split == "train" else len(features)
         probs = model.predict(np.asarray(features[:rows]), batch_size=1024, verbose=0)
-        save_npy(folder / f"{split}_probs.npy", probs.astype(np.float32))
+        save_npy(paths.probs(split), probs.astype(np.float32))
 
 
 def main() -> None:
@@ -217,20 +214,20 @@ def main() -> None:
     keras = setup_keras(train["seed"])
     start = time.perf_counter()
     x_train, y_train = (
-        load_npy(FEATURES / "train_features.npy"),
-        load_npy(FEATURES / "train_labels.npy"),
+        load_npy(paths.features("train")),
+        load_npy(paths.feature_labels("train")),
     )
-    x_val, y_val = load_npy(FEATURES / "val_features.npy"), load_npy(FEATURES / "val_labels.npy")
-    classes = read_json(CLASSES)
+    x_val, y_val = load_npy(paths.features("val")), load_npy(paths.feature_labels("val"))
+    classes = read_json(paths.CLASSES)
     model = build_head(keras, x_train, len(classes), train)
-    with atomic_path(LOG) as log, atomic_path(HEAD) as head:
+    with atomic_path(paths.TRAIN_LOG) as log, atomic_path(paths.HEAD) as head:
         ran, best = fit_head(keras, model, (x_train, y_train), (x_val, y_val), train, log)
         compile_for_saving(model)
         model.save(head)
-        write_predictions(model, len(load_npy(SPLIT_TRAIN_LABELS)))
+        write_predictions(model, len(load_npy(paths.split_labels("train"))))
     print(
-        f"train: wrote {HEAD} ({model.count_params():,} parameters, weights of epoch {best}, "
-        f"selected on {train['monitor']}), {LOG} and {PREDICTIONS}/ "
+        f"train: wrote {paths.HEAD} ({model.count_params():,} parameters, weights of epoch "
+        f"{best}, selected on {train['monitor']}), {paths.TRAIN_LOG} and {paths.PROBS_DIR}/ "
         f"({ran} of {train['epochs']} epochs on {len(x_train)} feature vectors) "
         f"in {time.perf_counter() - start:.1f}s"
     )

@@ -15,6 +15,7 @@ from conftest import REPO_ROOT
 from sklearn.metrics import log_loss
 
 from stages import train as train_stage
+from stages.common import paths
 from stages.common.params import ParamsError, validate
 from stages.common.tf import setup_keras
 
@@ -156,7 +157,7 @@ def test_build_head_accepts_a_train_dict_without_the_new_keys(keras) -> None:
 
 
 def project_params() -> dict:
-    return yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
+    return yaml.safe_load((REPO_ROOT / paths.PARAMS_FILE).read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize(
@@ -187,16 +188,16 @@ def test_train_stage_writes_a_head_that_loads_in_safe_mode(
     keras, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The stage itself, with smoothing, L2, cosine and early stopping all on."""
-    features = tmp_path / "data/features"
+    features = tmp_path / paths.FEATURES_DIR
     features.mkdir(parents=True)
     for split, n, seed in (("train", 96, 1), ("val", 48, 2), ("test", 40, 3)):
         x, y = blobs(n, seed=seed, noise=2.0)
-        np.save(features / f"{split}_features.npy", x)
-        np.save(features / f"{split}_labels.npy", y)
-    (tmp_path / "data/split").mkdir()
-    (tmp_path / "data/split/classes.json").write_text(json.dumps(["a", "b", "c"]))
+        np.save(tmp_path / paths.features(split), x)
+        np.save(tmp_path / paths.feature_labels(split), y)
+    (tmp_path / paths.SPLIT_DIR).mkdir()
+    (tmp_path / paths.CLASSES).write_text(json.dumps(["a", "b", "c"]))
     # The first 64 training rows are "original images"; the rest stand for augmented copies.
-    np.save(tmp_path / "data/split/train_labels.npy", blobs(96, seed=1)[1][:64])
+    np.save(tmp_path / paths.split_labels("train"), blobs(96, seed=1)[1][:64])
     params = project_params()
     params["train"] = {
         **TRAIN,
@@ -207,24 +208,24 @@ def test_train_stage_writes_a_head_that_loads_in_safe_mode(
         "lr_schedule": "cosine",
         "patience": 2,
     }
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / paths.PARAMS_FILE).write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
 
     train_stage.main()
 
-    rows = read_log(tmp_path / "plots/train_log.csv")
+    rows = read_log(tmp_path / paths.TRAIN_LOG)
     assert 3 <= len(rows) < 60
     assert f"({len(rows)} of 60 epochs on 96 feature vectors)" in capsys.readouterr().out
     # The saved head is the best epoch's (by val log-loss), and loads in Keras' safe mode.
     best = min(rows, key=lambda row: float(row["val_log_loss"]))
-    head = keras.saving.load_model(tmp_path / "models/head.keras", safe_mode=True)
+    head = keras.saving.load_model(tmp_path / paths.HEAD, safe_mode=True)
     x_val, y_val = blobs(48, seed=2, noise=2.0)
     accuracy = np.mean(head.predict(x_val, verbose=0).argmax(1) == y_val)
     assert accuracy == pytest.approx(float(best["val_accuracy"]), abs=1e-6)
     assert accuracy > 0.5  # three classes: chance is 1/3
     # The probabilities written for evaluate are the saved head's, split by split.
     for split, rows_kept in (("train", 64), ("val", 48), ("test", 40)):
-        probs = np.load(tmp_path / f"data/predictions/{split}_probs.npy", allow_pickle=False)
-        x = np.load(features / f"{split}_features.npy")[:rows_kept]
+        probs = np.load(tmp_path / paths.probs(split), allow_pickle=False)
+        x = np.load(tmp_path / paths.features(split))[:rows_kept]
         assert probs.shape == (rows_kept, 3) and probs.dtype == np.float32
         np.testing.assert_allclose(probs, head.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
