@@ -1,14 +1,23 @@
 """Stage 5, evaluate: score the head on train/val/test and draw what a person needs to see.
 
-The test split is touched here and only here. Outputs:
+It scores the class probabilities that train wrote (``data/predictions/``, the saved head's
+output on the cached features), so it needs scikit-learn, SciPy and matplotlib but never
+TensorFlow: a head-only iteration starts TensorFlow once, in train. Test labels are read here
+and only here. Outputs:
 
-* ``metrics/metrics.json``: accuracy and loss per split, macro precision/recall/F1 on test,
-  image counts, and which weights and layer produced the features (``dvc metrics diff``);
-* ``metrics/per_class.json``: per-class precision, recall, F1 and support on test;
+* ``metrics/metrics.json``: per split, accuracy with its 95 % Wilson interval (``accuracy_low``,
+  ``accuracy_high``, ``right`` of ``n``) and the plain log-loss (``log_loss``: unsmoothed
+  cross-entropy, not the training objective); on test also macro precision/recall/F1, the
+  expected calibration error (``ece``, 10 equal-width confidence bins) and the classes with
+  fewer than ``SMALL_SUPPORT`` test images; image counts; which weights and layer made the
+  features (``dvc metrics diff``);
+* ``metrics/per_class.json``: per-class precision, recall (with its Wilson interval), F1,
+  support, and ``small_support`` when the class has fewer than ``SMALL_SUPPORT`` test images;
 * ``plots/predictions.csv``: one row per test image (actual, predicted, confidence), drawn by
   DVC's ``confusion`` templates;
 * ``plots/confusion.png``, ``plots/prediction_grid.png`` (the seed's picture: captions yellow
-  when right, red when wrong) and ``plots/misclassified.png``.
+  when right, red when wrong), ``plots/misclassified.png`` and ``plots/calibration.png`` (a
+  reliability diagram).
 """
 
 from __future__ import annotations
@@ -22,14 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from stages.common import paths
-from stages.common.errors import run_stage
+from stages.common.errors import PipelineError, run_stage
 from stages.common.io import atomic_path, load_npy, read_json, write_json, write_text
 from stages.common.params import load_params
-from stages.common.tf import setup_keras
+from stages.common.stats import accuracy_with_interval, calibration, wilson_interval
 
 SPLITS = paths.SPLITS
 # What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
-READS = (paths.HEAD, paths.FEATURES_DIR, paths.SPLIT_DIR)
+READS = (paths.PROBS_DIR, paths.FEATURES_INFO, paths.SPLIT_DIR)
 WRITES = (
     paths.METRICS,
     paths.PER_CLASS,
@@ -37,24 +46,36 @@ WRITES = (
     paths.CONFUSION,
     paths.PREDICTION_GRID,
     paths.MISCLASSIFIED,
+    paths.CALIBRATION,
 )
 MAX_GALLERY = 200
+SMALL_SUPPORT = 10  # per-class scores on fewer test images than this are flagged
+CALIBRATION_BINS = 10
 RIGHT, WRONG = "#ffd60a", "#ff3b30"  # the seed's captions: yellow when right, red when wrong
 
 
-def predict_split(head, split: str, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities and labels for one split's cached features (first ``rows`` only)."""
-    features = load_npy(paths.features(split), mmap=True)[:rows]
-    labels = load_npy(paths.feature_labels(split))[:rows]
-    return head.predict(np.asarray(features), batch_size=1024, verbose=0), labels
+def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The head's class probabilities (written by train) and the true labels of one split.
+
+    Train's probabilities cover its original images only, not the augmented copies.
+    """
+    probs = load_npy(paths.probs(split))
+    labels = load_npy(paths.split_labels(split))
+    if len(probs) != len(labels):
+        raise PipelineError(
+            f"{paths.probs(split)} has {len(probs)} rows but {paths.split_labels(split)} has "
+            f"{len(labels)} labels: the outputs come from different runs. Run `dvc repro`."
+        )
+    return probs, labels
 
 
 def split_scores(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, log_loss
+    """Accuracy with its 95 % Wilson interval, and the plain (unsmoothed) log-loss."""
+    from sklearn.metrics import log_loss
 
     return {
-        "accuracy": round(float(accuracy_score(labels, probs.argmax(1))), 6),
-        "loss": round(float(log_loss(labels, probs, labels=list(range(n_classes)))), 6),
+        **accuracy_with_interval(probs.argmax(1) == labels),
+        "log_loss": round(float(log_loss(labels, probs, labels=list(range(n_classes)))), 6),
     }
 
 
@@ -72,10 +93,20 @@ def test_report(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> tu
     )
     macro = report["macro avg"]
     summary = {f"{k}_macro": round(float(macro[k]), 6) for k in ("precision", "recall", "f1-score")}
-    per_class = {
-        name: {k.replace("-", "_"): round(float(v), 6) for k, v in report[name].items()}
-        for name in classes
-    }
+    per_class = {}
+    for index, name in enumerate(classes):
+        scores = {k.replace("-", "_"): round(float(v), 6) for k, v in report[name].items()}
+        support = int(scores["support"])
+        right = int(np.sum((labels == index) & (probs.argmax(1) == index)))
+        low, high = wilson_interval(right, support)
+        per_class[name] = {
+            **scores,
+            "support": support,
+            "recall_low": round(low, 6),
+            "recall_high": round(high, 6),
+            # Below SMALL_SUPPORT test images a class's recall is a coin-toss estimate.
+            "small_support": support < SMALL_SUPPORT,
+        }
     return {k.replace("-score", ""): v for k, v in summary.items()}, per_class
 
 
@@ -135,6 +166,40 @@ def draw_confusion(labels: np.ndarray, predicted: np.ndarray, classes: list[str]
     _save_figure(fig, paths.CONFUSION)
 
 
+def draw_reliability(reliability: dict, n: int) -> None:
+    """Reliability diagram: accuracy against mean confidence per confidence bin, with counts."""
+    plt = _figure()
+    fig, (ax, counts) = plt.subplots(
+        2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    lower, width = np.array(reliability["lower"]), 1.0 / reliability["bins"]
+    filled = [i for i, c in enumerate(reliability["count"]) if c]
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    ax.bar(
+        lower[filled],
+        [reliability["accuracy"][i] for i in filled],
+        width=width,
+        align="edge",
+        color="#4c72b0",
+        edgecolor="white",
+        label="accuracy in bin",
+    )
+    ax.plot(
+        [reliability["confidence"][i] for i in filled],
+        [reliability["accuracy"][i] for i in filled],
+        "o",
+        color="#dd8452",
+        label="(mean confidence, accuracy)",
+    )
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
+    ax.set_title(f"Test calibration: ECE {reliability['ece']:.4f} over {n} images")
+    ax.legend(loc="upper left", fontsize=8)
+    counts.bar(lower, reliability["count"], width=width, align="edge", color="#8c8c8c")
+    counts.set(xlabel="confidence (top-class probability)", ylabel="images", yscale="symlog")
+    fig.tight_layout()
+    _save_figure(fig, paths.CALIBRATION)
+
+
 def draw_gallery(
     images: np.ndarray,
     labels: np.ndarray,
@@ -170,23 +235,27 @@ def draw_gallery(
 
 def main() -> None:
     evaluate = load_params("evaluate")["evaluate"]
-    keras = setup_keras(evaluate["seed"])
     start = time.perf_counter()
-    head = keras.saving.load_model(paths.HEAD, safe_mode=True)
     classes = read_json(paths.CLASSES)
     info = read_json(paths.FEATURES_INFO)
     split_report = read_json(paths.SPLIT_REPORT)
     n_train = split_report["images"]["train"]
+    train_rows = int(info["images"]["train"])
     metrics: dict = {}
     for split in SPLITS:
-        # Train is scored on the original images only, not on their augmented copies.
-        probs, labels = predict_split(head, split, rows=n_train if split == "train" else None)
+        probs, labels = load_split(split)
         metrics[split] = split_scores(probs, labels, len(classes))
     macro, per_class = test_report(probs, labels, classes)
-    metrics["test"].update(macro)
+    reliability = calibration(probs, labels, CALIBRATION_BINS)
+    metrics["test"].update(
+        macro, ece=reliability["ece"], calibration_max_gap=reliability["max_gap"]
+    )
+    metrics["test"]["small_support_classes"] = [
+        c for c, r in per_class.items() if r["small_support"]
+    ]
     metrics["images"] = {
         **split_report["images"],
-        "train_augmented": info["images"]["train"] - n_train,
+        "train_augmented": train_rows - n_train,
         "skipped": sum(split_report["skipped"].values()),
     }
     metrics["features"] = {
@@ -203,6 +272,7 @@ def main() -> None:
     predicted = probs.argmax(1)
     write_predictions(probs, labels, classes)
     draw_confusion(labels, predicted, classes)
+    draw_reliability(reliability, len(labels))
     images = load_npy(paths.split_images("test"), mmap=True)
     order = np.random.default_rng(evaluate["seed"]).permutation(len(labels))[
         : evaluate["grid_size"]

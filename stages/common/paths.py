@@ -45,6 +45,7 @@ PREDICTIONS = PLOTS_DIR / "predictions.csv"  # evaluate
 CONFUSION = PLOTS_DIR / "confusion.png"  # evaluate
 PREDICTION_GRID = PLOTS_DIR / "prediction_grid.png"  # evaluate
 MISCLASSIFIED = PLOTS_DIR / "misclassified.png"  # evaluate
+CALIBRATION = PLOTS_DIR / "calibration.png"  # evaluate
 
 
 def split_images(split: str) -> Path:
