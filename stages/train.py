@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,8 +174,12 @@ def fit_head(
     val_data: tuple[np.ndarray, np.ndarray],
     train: dict,
     log: Path,
+    extra: Sequence = (),
 ) -> tuple[int, int]:
-    """Fit ``model``; return (epochs run, epoch whose weights it keeps), both counted from 1."""
+    """Fit ``model``; return (epochs run, epoch whose weights it keeps), both counted from 1.
+
+    ``extra``: more Keras callbacks (the benchmark's epoch timer).
+    """
     train = {**HEAD_DEFAULTS, **train}
     found = callbacks(keras, train, log)
     history = model.fit(
@@ -182,7 +187,7 @@ def fit_head(
         validation_data=validation_dataset(val_data),
         epochs=train["epochs"],
         shuffle=False,  # the dataset shuffles itself (seeded); fit would only warn
-        callbacks=found,
+        callbacks=[*found, *extra],
         verbose=2,
     )
     ran = len(history.history["loss"])
