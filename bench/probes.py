@@ -133,16 +133,23 @@ def probe_extract_speed(
     batch_size: int,
     batch_sizes: list[int],
     precisions: list[str],
+    inter_op_threads: int | None = None,
 ) -> dict:
     """Stage path vs plain ``model.predict`` at one image size, with a matmul run in between;
     then the stage path at each of ``precisions`` (after, not interleaved: once AMX bfloat16
-    kernels have run, float32 runs slower in the same process on this CPU)."""
+    kernels have run, float32 runs slower in the same process on this CPU).
+
+    ``inter_op_threads``: TensorFlow's inter-op pool size for this process (default: as many
+    as cores), to see whether independent ops running side by side help or compete."""
     from stages.common.images import to_model_input
     from stages.common.io import load_npy, save_npy
     from stages.common.tf import setup_keras
 
     keras = setup_keras(42)
     import tensorflow as tf
+
+    if inter_op_threads is not None:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
 
     plain = plain_model(keras, size)
     model, forward, strategy = project_extractor(keras, tf, size)

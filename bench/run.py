@@ -190,9 +190,9 @@ def bench_extract(results: dict, repo: Path | None) -> None:
     plans = {
         32: {"images": 256, "reps": 5, "batch_sizes": [], "precisions": []},
         64: {
-            "images": 256,
+            "images": 512,
             "reps": 5,
-            "batch_sizes": [bs for bs in (64, 128, 256) if bs != batch_size],
+            "batch_sizes": [bs for bs in (64, 128, 256, 512) if bs != batch_size],
             "precisions": ["mixed_float16", "mixed_bfloat16"],
         },
         224: {"images": 32, "reps": 5, "batch_sizes": [], "precisions": []},
@@ -215,6 +215,18 @@ def bench_extract(results: dict, repo: Path | None) -> None:
             results[f"extract_images_per_s_{size}_by_batch"] = dict(sorted(sweep.items()))
         for precision, speed in r["precision_images_per_s"].items():
             results[f"extract_images_per_s_{size}_{precision}"] = speed
+    # Where the time goes at 64 px: the same, with one inter-op thread (ops one after another).
+    r = probe(
+        "extract_speed",
+        size=64,
+        batch_size=batch_size,
+        images=512,
+        reps=5,
+        batch_sizes=[],
+        precisions=[],
+        inter_op_threads=1,
+    )
+    results["extract_fraction_of_limit_64_inter_op_1"] = r["fraction_of_limit"]
     results["extract_batch_size"] = batch_size
     results["extract_layer"] = r["layer"]
     results["sgemm_gflops"] = max(results[f"sgemm_gflops_{s}"] for s in plans)
@@ -405,6 +417,11 @@ def markdown(results: dict) -> str:
             f"predict: {fmt(results.get(f'predict_fraction_of_limit_{size}'))}"
             + ("; target ≥ 0.6" if size == 64 else ""),
         )
+    row(
+        "extract_fraction_of_limit_64_inter_op_1",
+        "  64 px with one inter-op thread",
+        "default: one per core",
+    )
     if "extract_images_per_s_64_by_batch" in results:
         sweep = ", ".join(
             f"{bs}: {fmt(v)}" for bs, v in results["extract_images_per_s_64_by_batch"].items()
