@@ -121,8 +121,8 @@ def paired_summary(runs: list[dict]) -> dict[str, dict]:
             row = found.setdefault(
                 name, {"head_only_right": 0, "baseline_only_right": 0, "runs": 0, "significant": 0}
             )
-            row["head_only_right"] += test["only_a"]
-            row["baseline_only_right"] += test["only_b"]
+            row["head_only_right"] += test["head_only_right"]
+            row["baseline_only_right"] += test["baseline_only_right"]
             row["runs"] += 1
             row["significant"] += int(test["p_mid"] < 0.05)
     return found

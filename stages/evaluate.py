@@ -9,8 +9,9 @@ and only here. Outputs:
   ``accuracy_high``, ``right`` of ``n``) and the plain log-loss (``log_loss``: unsmoothed
   cross-entropy, not the training objective); on test also macro precision/recall/F1, the
   expected calibration error (``ece``, 10 equal-width confidence bins) and the classes with
-  fewer than ``SMALL_SUPPORT`` test images; image counts; which weights and layer made the
-  features (``dvc metrics diff``);
+  fewer than ``SMALL_SUPPORT`` test images; ``paired``: McNemar's test of the head against each
+  baseline on the same test images (discordant counts, exact and mid-p values); image counts;
+  which weights and layer made the features (``dvc metrics diff``);
 * ``metrics/per_class.json``: per-class precision, recall (with its Wilson interval), F1,
   support, and ``small_support`` when the class has fewer than ``SMALL_SUPPORT`` test images;
 * ``plots/predictions.csv``: one row per test image (actual, predicted, confidence), drawn by
@@ -34,11 +35,11 @@ from stages.common import paths
 from stages.common.errors import PipelineError, run_stage
 from stages.common.io import atomic_path, load_npy, read_json, write_json, write_text
 from stages.common.params import load_params
-from stages.common.stats import accuracy_with_interval, calibration, wilson_interval
+from stages.common.stats import accuracy_with_interval, calibration, mcnemar, wilson_interval
 
 SPLITS = paths.SPLITS
 # What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
-READS = (paths.PROBS_DIR, paths.FEATURES_INFO, paths.SPLIT_DIR)
+READS = (paths.PROBS_DIR, paths.FEATURES_INFO, paths.SPLIT_DIR, paths.BASELINES_DIR)
 WRITES = (
     paths.METRICS,
     paths.PER_CLASS,
@@ -77,6 +78,27 @@ def split_scores(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> dict[
         **accuracy_with_interval(probs.argmax(1) == labels),
         "log_loss": round(float(log_loss(labels, probs, labels=list(range(n_classes)))), 6),
     }
+
+
+def paired_tests(predicted_by_head: np.ndarray, labels: np.ndarray) -> dict[str, dict]:
+    """McNemar's test of the head against each baseline, on the same test images."""
+    right = predicted_by_head == labels
+    found = {}
+    for path in sorted(paths.BASELINES_DIR.glob("*_test_predicted.npy")):
+        predicted = load_npy(path)
+        if predicted.shape != right.shape:
+            raise PipelineError(
+                f"{path} has {len(predicted)} predictions for {len(right)} test images: it comes "
+                "from another run. Run `dvc repro`."
+            )
+        test = mcnemar(right, predicted == labels)
+        found[path.name.removesuffix("_test_predicted.npy")] = {
+            "head_only_right": test["only_a"],
+            "baseline_only_right": test["only_b"],
+            "p_exact": test["p_exact"],
+            "p_mid": test["p_mid"],
+        }
+    return found
 
 
 def test_report(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> tuple[dict, dict]:
@@ -253,6 +275,7 @@ def main() -> None:
     metrics["test"]["small_support_classes"] = [
         c for c, r in per_class.items() if r["small_support"]
     ]
+    metrics["paired"] = paired_tests(probs.argmax(1), labels)
     metrics["images"] = {
         **split_report["images"],
         "train_augmented": train_rows - n_train,

@@ -63,6 +63,11 @@ def write_inputs(root: Path) -> None:
     }
     (root / paths.FEATURES_INFO).write_text(json.dumps(info))
     shutil.copy(REPO_ROOT / paths.PARAMS_FILE, root / paths.PARAMS_FILE)
+    # A baseline wrong on test rows 0, 1, 2 and right where the head is wrong (3 and 21).
+    baseline = TEST_LABELS.copy()
+    baseline[[0, 1, 2]] = 2
+    (root / paths.BASELINES_DIR).mkdir(parents=True)
+    np.save(root / paths.baseline_predicted("some_baseline"), baseline)
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +129,17 @@ def test_small_support_classes_are_flagged(evaluated) -> None:
     assert (per_class["c"]["recall_low"], per_class["c"]["recall_high"]) == pytest.approx(
         (low, high), abs=1e-6
     )
+
+
+def test_paired_mcnemar_against_each_baseline(evaluated) -> None:
+    root, _ = evaluated
+    paired = read(root, paths.METRICS)["paired"]
+    assert list(paired) == ["some_baseline"]
+    test = paired["some_baseline"]
+    assert (test["head_only_right"], test["baseline_only_right"]) == (3, 2)
+    # 3 vs 2 discordant pairs: exact p = 2 * P(X <= 2 | n=5) = 1, mid-p = 1 - P(X = 2) = 22/32.
+    assert test["p_exact"] == 1.0
+    assert test["p_mid"] == pytest.approx(22 / 32, abs=1e-6)
 
 
 def test_probabilities_from_another_run_are_refused(tmp_path: Path) -> None:

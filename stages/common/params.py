@@ -146,6 +146,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
     },
     "baselines": {
         "pixel_size": integer(2, 64),
+        "train_on": one_of("original", "augmented"),
     },
     "evaluate": {
         "seed": seed(),

@@ -30,6 +30,9 @@ FEATURES_INFO = FEATURES_DIR / "info.json"
 # train: the head's class probabilities per split (train: the original images), for evaluate.
 PROBS_DIR = Path("data/predictions")
 
+# baselines: each baseline's predicted class per test image, for evaluate's paired tests.
+BASELINES_DIR = Path("data/baselines")
+
 MODELS_DIR = Path("models")
 EXTRACTOR = MODELS_DIR / "feature_extractor.keras"  # extract
 HEAD = MODELS_DIR / "head.keras"  # train
@@ -66,3 +69,7 @@ def feature_labels(split: str) -> Path:
 
 def probs(split: str) -> Path:
     return PROBS_DIR / f"{split}_probs.npy"
+
+
+def baseline_predicted(name: str) -> Path:
+    return BASELINES_DIR / f"{name}_test_predicted.npy"
