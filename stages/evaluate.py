@@ -25,16 +25,15 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import time
-from pathlib import Path
 
 import numpy as np
 
 from stages.common import paths
 from stages.common.errors import PipelineError, run_stage
-from stages.common.io import atomic_path, load_npy, read_json, write_json, write_text
+from stages.common.io import load_npy, read_json, write_json, write_text
 from stages.common.params import load_params
+from stages.common.plots import draw_confusion, draw_gallery, draw_reliability
 from stages.common.stats import accuracy_with_interval, calibration, mcnemar, wilson_interval
 
 SPLITS = paths.SPLITS
@@ -52,7 +51,14 @@ WRITES = (
 MAX_GALLERY = 200
 SMALL_SUPPORT = 10  # per-class scores on fewer test images than this are flagged
 CALIBRATION_BINS = 10
-RIGHT, WRONG = "#ffd60a", "#ff3b30"  # the seed's captions: yellow when right, red when wrong
+
+
+Predictions = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (probabilities, labels)
+
+
+def load_splits() -> Predictions:
+    """Every split's predictions; train covers the original images only, not their copies."""
+    return {s: load_split(s) for s in SPLITS}
 
 
 def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -132,6 +138,38 @@ def test_report(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> tu
     return {k.replace("-score", ""): v for k, v in summary.items()}, per_class
 
 
+def score(
+    predictions: Predictions, classes: list[str], split_report: dict, info: dict
+) -> tuple[dict, dict]:
+    """metrics.json (scores per split, image counts, which features) and per_class.json."""
+    metrics: dict = {s: split_scores(*predictions[s], len(classes)) for s in SPLITS}
+    probs, labels = predictions["test"]
+    macro, per_class = test_report(probs, labels, classes)
+    reliability = calibration(probs, labels, CALIBRATION_BINS)
+    metrics["test"].update(
+        macro, ece=reliability["ece"], calibration_max_gap=reliability["max_gap"]
+    )
+    metrics["test"]["small_support_classes"] = [
+        c for c, r in per_class.items() if r["small_support"]
+    ]
+    metrics["paired"] = paired_tests(probs.argmax(1), labels)
+    n_train = split_report["images"]["train"]
+    metrics["images"] = {
+        **split_report["images"],
+        "train_augmented": info["images"]["train"] - n_train,
+        "skipped": sum(split_report["skipped"].values()),
+    }
+    metrics["features"] = {
+        "weights": info["weights"]["spec"],
+        "weights_source": info["weights"]["source"],
+        "weights_sha256": info["weights"]["sha256"],
+        "layer": info["layer"],
+        "pooling": info["pooling"],
+        "image_size": info["image_size"],
+    }
+    return metrics, per_class
+
+
 def write_predictions(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> None:
     """plots/predictions.csv: one row per test image, for DVC's confusion templates and predict."""
     sources = [row["source"] for row in _manifest() if row["split"] == "test"]
@@ -148,154 +186,14 @@ def _manifest() -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _save_figure(fig, path: Path) -> None:
-    """Save a matplotlib figure atomically, without metadata that would change between runs."""
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, metadata={"Software": None}, facecolor=fig.get_facecolor())
-    plt.close(fig)
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def draw_confusion(labels: np.ndarray, predicted: np.ndarray, classes: list[str]) -> None:
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    plt = _figure()
-    side = max(5.0, 0.5 * len(classes) + 2)
-    fig, ax = plt.subplots(figsize=(side, side))
-    ConfusionMatrixDisplay.from_predictions(
-        labels,
-        predicted,
-        labels=list(range(len(classes))),
-        display_labels=classes,
-        cmap="Blues",
-        colorbar=False,
-        ax=ax,
-        xticks_rotation="vertical" if max(map(len, classes)) > 3 else "horizontal",
-    )
-    accuracy = float(np.mean(labels == predicted))
-    ax.set_title(f"Test confusion matrix: {accuracy:.2%} of {len(labels)} images")
-    fig.tight_layout()
-    _save_figure(fig, paths.CONFUSION)
-
-
-def draw_reliability(reliability: dict, n: int) -> None:
-    """Reliability diagram: accuracy against mean confidence per confidence bin, with counts."""
-    plt = _figure()
-    fig, (ax, counts) = plt.subplots(
-        2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
-    )
-    lower, width = np.array(reliability["lower"]), 1.0 / reliability["bins"]
-    filled = [i for i, c in enumerate(reliability["count"]) if c]
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
-    ax.bar(
-        lower[filled],
-        [reliability["accuracy"][i] for i in filled],
-        width=width,
-        align="edge",
-        color="#4c72b0",
-        edgecolor="white",
-        label="accuracy in bin",
-    )
-    ax.plot(
-        [reliability["confidence"][i] for i in filled],
-        [reliability["accuracy"][i] for i in filled],
-        "o",
-        color="#dd8452",
-        label="(mean confidence, accuracy)",
-    )
-    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
-    ax.set_title(f"Test calibration: ECE {reliability['ece']:.4f} over {n} images")
-    ax.legend(loc="upper left", fontsize=8)
-    counts.bar(lower, reliability["count"], width=width, align="edge", color="#8c8c8c")
-    counts.set(xlabel="confidence (top-class probability)", ylabel="images", yscale="symlog")
-    fig.tight_layout()
-    _save_figure(fig, paths.CALIBRATION)
-
-
-def draw_gallery(
-    images: np.ndarray,
-    labels: np.ndarray,
-    predicted: np.ndarray,
-    classes: list[str],
-    title: str,
-    path: Path,
-    show_truth: bool,
+def draw_test_figures(
+    probs: np.ndarray, labels: np.ndarray, classes: list[str], evaluate: dict
 ) -> None:
-    """A grid of images on black, each captioned with its prediction: yellow right, red wrong."""
-    plt = _figure()
-    n = max(len(images), 1)
-    cols = min(10, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(max(1.3 * cols, 6.0), 1.45 * rows + 0.6), squeeze=False
-    )
-    fig.patch.set_facecolor("black")
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, y, p in zip(axes.flat, images, labels, predicted, strict=False):
-        ax.imshow(image)
-        caption = f"{classes[y]}→{classes[p]}" if show_truth else classes[p]
-        ax.set_title(
-            caption, color=RIGHT if y == p else WRONG, fontsize=12, fontweight="bold", pad=2
-        )
-    if len(images) == 0:
-        axes.flat[0].text(0.5, 0.5, "none", color="white", ha="center", va="center")
-    fig.suptitle(title, color="white", fontsize=12)
-    fig.tight_layout()
-    _save_figure(fig, path)
-
-
-def main() -> None:
-    evaluate = load_params("evaluate")["evaluate"]
-    start = time.perf_counter()
-    classes = read_json(paths.CLASSES)
-    info = read_json(paths.FEATURES_INFO)
-    split_report = read_json(paths.SPLIT_REPORT)
-    n_train = split_report["images"]["train"]
-    train_rows = int(info["images"]["train"])
-    metrics: dict = {}
-    for split in SPLITS:
-        probs, labels = load_split(split)
-        metrics[split] = split_scores(probs, labels, len(classes))
-    macro, per_class = test_report(probs, labels, classes)
-    reliability = calibration(probs, labels, CALIBRATION_BINS)
-    metrics["test"].update(
-        macro, ece=reliability["ece"], calibration_max_gap=reliability["max_gap"]
-    )
-    metrics["test"]["small_support_classes"] = [
-        c for c, r in per_class.items() if r["small_support"]
-    ]
-    metrics["paired"] = paired_tests(probs.argmax(1), labels)
-    metrics["images"] = {
-        **split_report["images"],
-        "train_augmented": train_rows - n_train,
-        "skipped": sum(split_report["skipped"].values()),
-    }
-    metrics["features"] = {
-        "weights": info["weights"]["spec"],
-        "weights_source": info["weights"]["source"],
-        "weights_sha256": info["weights"]["sha256"],
-        "layer": info["layer"],
-        "pooling": info["pooling"],
-        "image_size": info["image_size"],
-    }
-    write_json(paths.METRICS, metrics)
-    write_json(paths.PER_CLASS, per_class)
-
+    """The confusion matrix, the reliability diagram, a seeded grid of ``evaluate.grid_size``
+    test images, the mistakes."""
     predicted = probs.argmax(1)
-    write_predictions(probs, labels, classes)
-    draw_confusion(labels, predicted, classes)
-    draw_reliability(reliability, len(labels))
+    draw_confusion(labels, predicted, classes, paths.CONFUSION)
+    draw_reliability(calibration(probs, labels, CALIBRATION_BINS), len(labels), paths.CALIBRATION)
     images = load_npy(paths.split_images("test"), mmap=True)
     order = np.random.default_rng(evaluate["seed"]).permutation(len(labels))[
         : evaluate["grid_size"]
@@ -323,6 +221,19 @@ def main() -> None:
         paths.MISCLASSIFIED,
         show_truth=True,
     )
+
+
+def main() -> None:
+    evaluate = load_params("evaluate")["evaluate"]
+    start = time.perf_counter()
+    classes = read_json(paths.CLASSES)
+    split_report = read_json(paths.SPLIT_REPORT)
+    predictions = load_splits()
+    metrics, per_class = score(predictions, classes, split_report, read_json(paths.FEATURES_INFO))
+    write_json(paths.METRICS, metrics)
+    write_json(paths.PER_CLASS, per_class)
+    write_predictions(*predictions["test"], classes)
+    draw_test_figures(*predictions["test"], classes, evaluate)
     print(
         f"evaluate: test accuracy {metrics['test']['accuracy']:.4f} (val {metrics['val']['accuracy']:.4f}, "
         f"train {metrics['train']['accuracy']:.4f}); wrote {paths.METRICS_DIR}/ and {paths.PLOTS_DIR}/ "
