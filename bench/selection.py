@@ -45,15 +45,26 @@ CANDIDATES: dict[str, list[Any]] = {
     "train.min_delta": [0.0, 0.0001, 0.001],
     "train.dropout": [0.0, 0.25, 0.5],
     "train.layers": [[], [256], [512], [1024]],
-    "train.batch_size": [256, 1024],
+    # Batch size and learning rate move together (the rate scaled with the batch).
+    "train.batch_size+learning_rate": [[256, 0.001], [1024, 0.002], [1024, 0.004]],
     "augment.copies": [0, 4, 8],
     "extract.pooling": ["avg", "max"],
 }
 
 
+def assignments(key: str, value: Any) -> list[tuple[str, Any]]:
+    """``key=value`` pairs for one candidate; a joint key ``s.a+b`` takes a list ``[a, b]``."""
+    section, names = key.split(".")
+    if "+" not in names:
+        return [(key, value)]
+    return [(f"{section}.{name}", v) for name, v in zip(names.split("+"), value, strict=True)]
+
+
 def current(key: str) -> Any:
-    section, name = key.split(".")
-    return yaml.safe_load((ROOT / paths.PARAMS_FILE).read_text(encoding="utf-8"))[section][name]
+    section, names = key.split(".")
+    params = yaml.safe_load((ROOT / paths.PARAMS_FILE).read_text(encoding="utf-8"))[section]
+    values = [params[name] for name in names.split("+")]
+    return values if "+" in names else values[0]
 
 
 def as_cli(value: Any) -> str:
@@ -78,7 +89,7 @@ def select(repo: Path, key: str, seeds: list[int], head_seeds: list[int]) -> dic
         runs = []
         for seed, head_seed in itertools.product(seeds, head_seeds):
             sets = [
-                f"{key}={as_cli(value)}",
+                *(f"{k}={as_cli(v)}" for k, v in assignments(key, value)),
                 f"split.seed={seed}",
                 f"train.seed={head_seed}",
                 "extract.weights=imagenet",
