@@ -115,7 +115,7 @@ def draw_reliability(reliability: dict, n: int, path: Path) -> None:
     )
     ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
     ax.set_title(f"Test calibration: ECE {reliability['ece']:.4f} over {n} images")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="center left", fontsize=8)
     counts.bar(lower, reliability["count"], width=width, align="edge", color="#8c8c8c")
     counts.set(xlabel="confidence (top-class probability)", ylabel="images", yscale="symlog")
     fig.tight_layout()
