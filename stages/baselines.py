@@ -6,7 +6,7 @@ fitted on the training images and scored once on test:
 
 * ``logreg_pixels``: logistic regression on raw pixels;
 * ``svm_rbf_pixels``: an RBF support vector machine on raw pixels (probabilities by Platt
-  scaling, ``SVC(probability=True)``, seeded);
+  scaling, ``CalibratedClassifierCV(SVC(), ensemble=False)``);
 * ``logreg_features``: logistic regression on the cached ResNet50 features, standardised.
 
 ``baselines.train_on``: ``original`` fits them on the split's training images only;
@@ -105,9 +105,12 @@ def logreg(C: float):
 
 
 def svm_rbf(C: float, gamma: float):
+    """An RBF SVM with Platt-scaled probabilities (5-fold, unshuffled: deterministic), the form
+    scikit-learn 1.9 recommends over the deprecated ``SVC(probability=True)``."""
+    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.svm import SVC
 
-    return SVC(C=C, gamma=gamma, kernel="rbf", probability=True, random_state=0)
+    return CalibratedClassifierCV(SVC(C=C, gamma=gamma, kernel="rbf"), ensemble=False)
 
 
 def select_on_val(
