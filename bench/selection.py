@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -32,8 +31,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from bench.accuracy import make_repo
 from stages.common import paths
+from tools.scratch import command_env, scratch_repo
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "selection.json"
@@ -73,9 +72,8 @@ def as_cli(value: Any) -> str:
 
 
 def val_scores(repo: Path, sets: list[str]) -> dict[str, float]:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     cmd = ["dvc", "exp", "run", *[arg for s in sets for arg in ("-S", s)]]
-    result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=repo, env=command_env(), capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"`{' '.join(cmd)}` failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     val = json.loads((repo / paths.METRICS).read_text())["val"]
@@ -120,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-selection-"))
     work.mkdir(parents=True, exist_ok=True)
-    repo = make_repo(work / "repo")
+    repo = scratch_repo(work / "repo", root=ROOT, name="bench")
     record = json.loads(OUT.read_text()) if OUT.exists() else {}
     for key in args.keys:
         record[key] = {

@@ -38,7 +38,7 @@ from stages.common.stats import accuracy_with_interval, calibration, mcnemar, wi
 
 SPLITS = paths.SPLITS
 # What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
-READS = (paths.PROBS_DIR, paths.FEATURES_INFO, paths.SPLIT_DIR, paths.BASELINES_DIR)
+READS = (paths.PROBS_DIR, paths.FEATURES_INFO, paths.SPLIT_DIR, *paths.BASELINE_PREDICTIONS)
 WRITES = (
     paths.METRICS,
     paths.PER_CLASS,
@@ -90,7 +90,9 @@ def paired_tests(predicted_by_head: np.ndarray, labels: np.ndarray) -> dict[str,
     """McNemar's test of the head against each baseline, on the same test images."""
     right = predicted_by_head == labels
     found = {}
-    for path in sorted(paths.BASELINES_DIR.glob("*_test_predicted.npy")):
+    for path in paths.BASELINE_PREDICTIONS:
+        if not path.exists():  # evaluate run on its own, before the baselines stages
+            continue
         predicted = load_npy(path)
         if predicted.shape != right.shape:
             raise PipelineError(

@@ -1,4 +1,4 @@
-"""The baselines stage on tiny synthetic data: pixels, selection on val, no TensorFlow."""
+"""The baselines stages on tiny synthetic data: pixels, selection on val, no TensorFlow."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 import yaml
 from conftest import REPO_ROOT, run
 
-from stages.baselines import select_on_val, to_pixels
+from stages.baselines_pixels import to_pixels
 from stages.common import paths
+from stages.common.baselines import select_on_val
 from stages.common.stats import wilson_interval
 
 
@@ -63,7 +64,7 @@ def test_select_on_val_picks_by_val_log_loss_and_scores_test_once() -> None:
 
 
 @pytest.mark.parametrize(("train_on", "train_images"), [("original", 40), ("augmented", 80)])
-def test_stage_writes_metrics_without_importing_tensorflow(
+def test_stages_write_metrics_without_importing_tensorflow(
     tmp_path: Path, train_on: str, train_images: int
 ) -> None:
     rng = np.random.default_rng(1)
@@ -90,16 +91,32 @@ def test_stage_writes_metrics_without_importing_tensorflow(
     params["baselines"]["train_on"] = train_on
     (tmp_path / paths.PARAMS_FILE).write_text(yaml.safe_dump(params), encoding="utf-8")
     code = (
-        "import sys; from stages import baselines; baselines.main(); "
-        "assert 'tensorflow' not in sys.modules, 'baselines imported TensorFlow'"
+        "import sys; from stages import baselines_pixels, baselines_features; "
+        "baselines_pixels.main(); baselines_features.main(); "
+        "assert 'tensorflow' not in sys.modules, 'a baselines stage imported TensorFlow'"
     )
     result = run([sys.executable, "-c", code], tmp_path, env={"PYTHONPATH": str(REPO_ROOT)})
-    assert "baselines: test accuracy" in result.stdout
-    metrics = json.loads((tmp_path / paths.BASELINES).read_text())
-    for name in ("logreg_pixels", "svm_rbf_pixels", "logreg_features"):
+    assert "baselines_pixels: test accuracy" in result.stdout
+    assert "baselines_features: test accuracy" in result.stdout
+    pixels = json.loads((tmp_path / paths.BASELINES_PIXELS).read_text())
+    features = json.loads((tmp_path / paths.BASELINES_FEATURES).read_text())
+    assert list(pixels) == [
+        "logreg_pixels",
+        "svm_rbf_pixels",
+        "train_on",
+        "train_images",
+        "pixel_size",
+    ]
+    assert list(features) == ["logreg_features", "train_on", "train_images", "feature_dim"]
+    for metrics in (pixels, features):
+        assert (metrics["train_on"], metrics["train_images"]) == (train_on, train_images)
+    for metrics, name in [
+        (pixels, "logreg_pixels"),
+        (pixels, "svm_rbf_pixels"),
+        (features, "logreg_features"),
+    ]:
         assert metrics[name]["val_accuracy"] == metrics[name]["test_accuracy"] == 1.0
         predicted = np.load(tmp_path / paths.baseline_predicted(name), allow_pickle=False)
         assert predicted.tolist() == np.load(tmp_path / paths.split_labels("test")).tolist()
-    assert metrics["pixel_size"] == params["baselines"]["pixel_size"]
-    assert metrics["feature_dim"] == 6
-    assert (metrics["train_on"], metrics["train_images"]) == (train_on, train_images)
+    assert pixels["pixel_size"] == params["baselines"]["pixel_size"]
+    assert features["feature_dim"] == 6

@@ -67,7 +67,7 @@ def write_inputs(root: Path) -> None:
     baseline = TEST_LABELS.copy()
     baseline[[0, 1, 2]] = 2
     (root / paths.BASELINES_DIR).mkdir(parents=True)
-    np.save(root / paths.baseline_predicted("some_baseline"), baseline)
+    np.save(root / paths.baseline_predicted("logreg_features"), baseline)
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +134,8 @@ def test_small_support_classes_are_flagged(evaluated) -> None:
 def test_paired_mcnemar_against_each_baseline(evaluated) -> None:
     root, _ = evaluated
     paired = read(root, paths.METRICS)["paired"]
-    assert list(paired) == ["some_baseline"]
-    test = paired["some_baseline"]
+    assert list(paired) == ["logreg_features"]
+    test = paired["logreg_features"]
     assert (test["head_only_right"], test["baseline_only_right"]) == (3, 2)
     # 3 vs 2 discordant pairs: exact p = 2 * P(X <= 2 | n=5) = 1, mid-p = 1 - P(X = 2) = 22/32.
     assert test["p_exact"] == 1.0
