@@ -189,6 +189,80 @@ def probe_extract_speed(
     return result
 
 
+def op_times(tf, forward, images: np.ndarray, reps: int) -> tuple[dict[str, float], float]:
+    """Seconds per run of ``forward`` (a tf.function of one uint8 batch) by kernel type.
+
+    The function is frozen (variables as constants) and run in a v1 ``Session`` with a full
+    trace: the op types are the kernels Grappler and oneDNN actually ran (``_MklNativeFusedConv2D``
+    is a convolution with its bias and ReLU fused in). Times are each op's wall time.
+    """
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    spec = tf.TensorSpec(images.shape, tf.uint8)
+    frozen = convert_variables_to_constants_v2(forward.get_concrete_function(spec))
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(frozen.graph.as_graph_def(), name="")
+    feed, fetch = {frozen.inputs[0].name: images}, frozen.outputs[0].name
+    options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
+    totals: dict[str, float] = {}
+    with tf.compat.v1.Session(graph=graph) as session:
+        session.run(fetch, feed)
+        for _ in range(reps):
+            metadata = tf.compat.v1.RunMetadata()
+            session.run(fetch, feed, options=options, run_metadata=metadata)
+            for device in metadata.step_stats.dev_stats:
+                for node in device.node_stats:
+                    op = node.timeline_label.split(" = ")[-1].split("(")[0] or node.node_name
+                    totals[op] = totals.get(op, 0.0) + node.all_end_rel_micros / 1e6 / reps
+    return totals, sum(totals.values())
+
+
+def probe_extract_profile(size: int, images: int, batch_size: int, reps: int) -> dict:
+    """Where extract's time goes at one image size: the stage path (tf.data + forward + .npy)
+    vs the compiled forward pass on batches already in memory vs the model alone (without
+    ``to_model_input``) vs the input pipeline alone, interleaved; then the forward pass's share
+    of time by kernel type (``op_times``)."""
+    from stages import extract
+    from stages.common.images import to_model_input
+    from stages.common.io import load_npy, save_npy
+    from stages.common.tf import setup_keras
+
+    keras = setup_keras(42)
+    import tensorflow as tf
+
+    model, forward, strategy = project_extractor(keras, tf, size)
+    bare = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_npy(Path(tmp) / "images.npy", synthetic_images(images, size))
+        x = load_npy(Path(tmp) / "images.npy", mmap=True)
+        batches = [tf.constant(x[i : i + batch_size]) for i in range(0, images, batch_size)]
+        inputs = [to_model_input(batch) for batch in batches]
+        best = best_of(
+            {
+                "stage_path": lambda: project_run(
+                    tf, model, forward, strategy, x, batch_size, Path(tmp)
+                ),
+                "forward": lambda: [forward(b).numpy() for b in batches],
+                "model_only": lambda: [bare(b).numpy() for b in inputs],
+                "input_pipeline": lambda: list(
+                    extract.image_dataset(tf, [x], batch_size, strategy)
+                ),
+            },
+            reps,
+        )
+        totals, total = op_times(tf, forward, np.asarray(x[:batch_size]), reps)
+    shares = sorted(((op, t / total) for op, t in totals.items()), key=lambda kv: -kv[1])
+    return {
+        "size": size,
+        "batch_size": batch_size,
+        "images_per_s": {name: images / seconds for name, seconds in best.items()},
+        "op_share": {op: share for op, share in shares if share >= 0.001},
+    }
+
+
 def head_timer(keras):
     """A callback recording, per epoch, the seconds spent training and validating."""
 
@@ -433,6 +507,7 @@ PROBES = {
     "import": probe_import,
     "head_floor": probe_head_floor,
     "extract_speed": probe_extract_speed,
+    "extract_profile": probe_extract_profile,
     "epochs": probe_epochs,
     "precision": probe_precision,
 }

@@ -264,6 +264,20 @@ def extract_rows(result: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def profile_row(profile: dict) -> tuple[str, str, str]:
+    """Where extract's time goes at 64 px: input pipeline and preprocessing vs the convolutions."""
+    speed, share = profile["images_per_s"], profile["op_share"]
+    convs = sum(v for op, v in share.items() if "Conv2D" in op)
+    add_relu = share.get("AddV2", 0.0) + share.get("Relu", 0.0)
+    return (
+        "  64 px, where the time goes (images/s)",
+        f"stage path {speed['stage_path']:.0f}, forward on tensors {speed['forward']:.0f}, "
+        f"without to_model_input {speed['model_only']:.0f}",
+        f"forward: convolutions {convs:.0%}, residual Add + ReLU (not fused) {add_relu:.0%}; "
+        f"tf.data alone {speed['input_pipeline']:.0f} images/s",
+    )
+
+
 def bench_extract(repo: Path | None) -> Section:
     batch_size = project_params("extract")["batch_size"]
     sizes = {size: extract_size(size, batch_size) for size in EXTRACT_PLANS}
@@ -283,8 +297,10 @@ def bench_extract(repo: Path | None) -> Section:
         "sgemm_gflops": max(r["sgemm_gflops"] for r in sizes.values()),
         "sizes": sizes,
         "fraction_of_limit_64_inter_op_1": one_thread["fraction_of_limit"],
+        "profile_64": probe("extract_profile", size=64, images=512, batch_size=batch_size, reps=3),
     }
     rows = extract_rows(result)
+    rows.append(profile_row(result["profile_64"]))
     rows.append(
         (
             "  64 px with one inter-op thread (fraction of limit)",
