@@ -16,6 +16,7 @@ the check passed).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shutil
 import tempfile
 import time
@@ -69,7 +70,45 @@ def scratch_dir(parent: Path) -> Iterator[Path]:
 
 
 def export_saved_model(model, path: Path) -> None:
-    model.export(str(path), format="tf_saved_model", verbose=False)
+    """``model.export(path, format="tf_saved_model")``, byte-identical for the same model.
+
+    Two things in it would change from one run to the next with the same weights, and so the
+    md5 that dvc.lock records (a fresh clone's ``dvc repro`` would leave ``git status`` dirty):
+
+    * the order of the variables (the checkpoint's ``_all_variables/N`` keys, the object graph
+      and the save/restore functions in ``saved_model.pb``): Keras takes it from the traced
+      function's ``variables``, which TensorFlow collects in a set ordered by memory address.
+      The traced function gets the model's own variable order instead (``set_variables``);
+    * ``fingerprint.pb``'s ``uuid``, a random number drawn at every save (see
+      ``stable_fingerprint``).
+    """
+    keras = shipped.keras
+    archive = keras.export.ExportArchive()
+    signature = [keras.InputSpec(shape=t.shape, dtype=t.dtype, name=t.name) for t in model.inputs]
+    traced = archive.track_and_add_endpoint("serve", model, signature).get_concrete_function()
+    order = {id(v.value): i for i, v in enumerate(model.variables)}
+    traced.set_variables(
+        sorted(traced.variables, key=lambda v: (order.get(id(v), len(order)), v.name))
+    )
+    archive.write_out(str(path), verbose=False)
+    stable_fingerprint(path)
+
+
+def stable_fingerprint(saved_model: Path) -> None:
+    """Replace the random ``uuid`` of ``fingerprint.pb`` with one derived from its content hashes.
+
+    The other fields are hashes of the graph, the signatures, the object graph and the
+    checkpoint, so the same SavedModel gets the same id and a different one another id (the
+    same 128-bit decimal form TensorFlow writes).
+    """
+    from tensorflow.core.protobuf.fingerprint_pb2 import FingerprintDef
+
+    path = saved_model / "fingerprint.pb"
+    fingerprint = FingerprintDef.FromString(path.read_bytes())
+    fingerprint.ClearField("uuid")
+    digest = hashlib.sha256(fingerprint.SerializeToString(deterministic=True)).digest()
+    fingerprint.uuid = str(int.from_bytes(digest[:16], "big"))
+    path.write_bytes(fingerprint.SerializeToString(deterministic=True))
 
 
 def convert_tflite(saved_model: Path, path: Path) -> None:
