@@ -170,6 +170,7 @@ def main() -> None:
     classes = read_json(SPLIT / "classes.json")
     info = read_json(FEATURES / "info.json")
     split_report = read_json(SPLIT / "report.json")
+    prep = read_json(SPLIT / "prep.json")
     n_train = split_report["images"]["train"]
     metrics: dict = {}
     for split in SPLITS:
@@ -182,6 +183,7 @@ def main() -> None:
         **split_report["images"],
         "train_augmented": info["images"]["train"] - n_train,
         "skipped": sum(split_report["skipped"].values()),
+        "noted": sum(split_report["notes"].values()),
     }
     metrics["features"] = {
         "weights": info["weights"]["spec"],
@@ -191,6 +193,8 @@ def main() -> None:
         "pooling": info["pooling"],
         "image_size": info["image_size"],
     }
+    # How every image was prepared (crop, normalisation, fit): predict applies the same.
+    metrics["prep"] = prep
     write_json(METRICS / "metrics.json", metrics)
     write_json(METRICS / "per_class.json", per_class)
 

@@ -1,8 +1,9 @@
 """Classify new images with the trained pipeline: ``python -m stages.predict PATH... [--top K] [--out CSV]``.
 
 PATHs are image files or folders (searched recursively). Each image goes through exactly what
-training used: ``decode_image`` (split), ``to_model_input`` + the cached feature extractor
-(extract), then the head (train). An unreadable file gets one error line and a non-zero exit
+training used: ``decode_image`` with the ``ImagePrep`` that split recorded in
+``data/split/prep.json`` (crop, normalisation, fit), ``to_model_input`` + the cached feature
+extractor (extract), then the head (train). An unreadable file gets one error line and a non-zero exit
 status; the other files are still classified.
 """
 
@@ -19,6 +20,7 @@ import numpy as np
 from stages.common.images import (
     IMAGE_EXTENSIONS,
     ImageError,
+    ImagePrep,
     decode_image,
     is_stray,
     to_model_input,
@@ -27,6 +29,7 @@ from stages.common.io import read_json, write_text
 
 MODELS = Path("models")
 CLASSES = Path("data/split/classes.json")
+PREP = Path("data/split/prep.json")
 BATCH = 64
 
 
@@ -67,12 +70,20 @@ def classify(extractor, head, images: np.ndarray) -> np.ndarray:
     return head.predict(features, batch_size=1024, verbose=0)
 
 
-def decode_all(files: list[Path], size: int) -> tuple[list[Path], np.ndarray, int]:
+def load_prep(path: Path = PREP) -> ImagePrep:
+    """The image preparation that split used for the training images."""
+    if not path.is_file():
+        sys.exit(f"ERROR: {path} not found. Run `dvc repro` first.")
+    return ImagePrep.from_params(read_json(path))
+
+
+def decode_all(files: list[Path], prep: ImagePrep) -> tuple[list[Path], np.ndarray, int]:
     """Decode every file; print one error line per unusable file and count them."""
     good, arrays, errors = [], [], 0
+    size = prep.image_size
     for path in files:
         try:
-            arrays.append(decode_image(path, size))
+            arrays.append(decode_image(path, prep))
             good.append(path)
         except ImageError as err:
             print(f"ERROR: {err}", file=sys.stderr)
@@ -102,8 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     extractor, head = load_pipeline(args.models)
     classes = read_json(CLASSES)
+    prep = load_prep()
+    if prep.image_size != extractor.input_shape[1]:
+        sys.exit(
+            f"ERROR: {PREP} says {prep.image_size} px but {args.models}/feature_extractor.keras "
+            f"takes {extractor.input_shape[1]} px: run `dvc repro` to bring them in step."
+        )
     top = max(1, min(args.top, len(classes)))
-    good, images, errors = decode_all(files, extractor.input_shape[1])
+    good, images, errors = decode_all(files, prep)
     probs = classify(extractor, head, images) if len(good) else np.zeros((0, len(classes)))
     rows = format_rows(good, probs, classes, top)
     for row in rows:

@@ -1,12 +1,15 @@
 """Stage 1, split: read the data source, validate it, write a seeded stratified train/val/test split.
 
-Source ``digits`` is scikit-learn's 1,797 real 8x8 handwritten digits (drawn as dark ink on
-white, like a scan); source ``folder`` is ``data.folder`` laid out as ``<class>/<image>``.
-Every image is decoded once, here, to ``data.image_size`` square RGB, and stored as uint8
-``.npy`` arrays that the later stages memory-map.
+Source ``digits`` is scikit-learn's 1,797 real 8x8 handwritten digits, ``mnist`` real 28 px
+MNIST digits (``stages/common/mnist.py``), both drawn as dark ink on white like a scan; source
+``folder`` is ``data.folder`` laid out as ``<class>/<image>``. Every image is decoded once,
+here, and prepared by ``prepare_image`` as the ``data.*`` image params say (crop to the ink,
+normalise, fit to a ``data.image_size`` square), then stored as uint8 ``.npy`` arrays that the
+later stages memory-map.
 
 Outputs (``data/split/``): ``{train,val,test}_images.npy``, ``{train,val,test}_labels.npy``,
-``manifest.csv`` (where each image came from), ``classes.json``, ``report.json``.
+``manifest.csv`` (where each image came from), ``classes.json``, ``report.json``, and
+``prep.json`` (the ``ImagePrep`` used, which predict applies to new images).
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from PIL import Image
 
 from stages.common.errors import PipelineError, run_stage
 from stages.common.images import (
+    NOTES,
     SKIP_REASONS,
     ImageError,
+    ImagePrep,
     decode_image,
-    image_to_array,
+    prepare_image,
     scan_folder,
 )
 from stages.common.io import npy_writer, save_npy, scratch_path, write_json, write_text
@@ -34,22 +39,36 @@ OUT = Path("data/split")
 SPLITS = ("train", "val", "test")
 
 
-def load_digits_source(size: int) -> tuple[list[str], list, np.ndarray, list[str]]:
-    """scikit-learn's digits as (classes, items, labels, names); items are 8x8 uint8 images."""
+DIGIT_CLASSES = [str(d) for d in range(10)]
+
+
+def load_digits_source() -> tuple[list[str], list, np.ndarray, list[str], str]:
+    """scikit-learn's digits as (classes, items, labels, names, route); items are 8x8 uint8."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     # 0..16 ink intensity -> dark ink on white paper, 0..255.
     ink = np.rint(255 - digits.images * (255 / 16)).astype(np.uint8)
     names = [f"digits#{i}" for i in range(len(ink))]
-    return [str(c) for c in digits.target_names], list(ink), digits.target.astype(np.int32), names
+    route = "sklearn.datasets.load_digits (bundled with scikit-learn)"
+    return DIGIT_CLASSES, list(ink), digits.target.astype(np.int32), names, route
 
 
-def decode_item(item, size: int) -> np.ndarray:
+def load_mnist_source() -> tuple[list[str], list, np.ndarray, list[str], str]:
+    """Real MNIST digits as (classes, items, labels, names, route), dark ink on white."""
+    from stages.common.mnist import load_mnist
+
+    mnist = load_mnist()
+    ink = 255 - mnist.images  # MNIST is white ink on black
+    names = [f"mnist#{i}" for i in range(len(ink))]
+    return DIGIT_CLASSES, list(ink), mnist.labels, names, f"{mnist.route}: {mnist.description}"
+
+
+def decode_item(item, prep: ImagePrep, notes: list[str]) -> np.ndarray:
     """One source item (a file path, or an in-memory grayscale array) -> (size, size, 3) uint8."""
     if isinstance(item, np.ndarray):
-        return image_to_array(Image.fromarray(item, mode="L"), size)
-    return decode_image(item, size)
+        return prepare_image(Image.fromarray(item, mode="L"), prep, notes)
+    return decode_image(item, prep, notes)
 
 
 def stratified_split(
@@ -88,26 +107,35 @@ def stratified_split(
 
 
 def decode_source(
-    items: list, names: list[str], size: int, path: Path
-) -> tuple[np.ndarray, list[int], dict[str, list[str]]]:
+    items: list, names: list[str], prep: ImagePrep, path: Path
+) -> tuple[np.ndarray, list[int], dict[str, list[str]], dict[str, list[str]]]:
     """Decode every item once into a memory-mapped .npy at ``path``; unusable files are skipped.
 
     Returns the memory-mapped images (rows of skipped files left zero), the indices that
-    decoded, and the names of those that did not, by SKIP_REASONS key.
+    decoded, the names of those that did not (by SKIP_REASONS key), and the names of those
+    used with a note (by NOTES key, e.g. a blank page left uncropped).
     """
     good: list[int] = []
     bad: dict[str, list[str]] = {}
+    noted: dict[str, list[str]] = {}
+    size = prep.image_size
     array = np.lib.format.open_memmap(
         path, mode="w+", dtype=np.uint8, shape=(len(items), size, size, 3)
     )
     for i, item in enumerate(items):
+        notes: list[str] = []
         try:
-            array[i] = decode_item(item, size)
+            array[i] = decode_item(item, prep, notes)
             good.append(i)
         except ImageError as err:
             print(f"  skipped: {err}")
             bad.setdefault(err.reason, []).append(names[i])
-    return array, good, bad
+        for note in notes:
+            noted.setdefault(note, []).append(names[i])
+    for note, which in noted.items():
+        shown = ", ".join(which[:5]) + (" ..." if len(which) > 5 else "")
+        print(f"  note: {len(which)} image(s), {NOTES[note]}: {shown}")
+    return array, good, bad, noted
 
 
 def print_skipped(skipped: dict[str, list[str]]) -> None:
@@ -116,10 +144,16 @@ def print_skipped(skipped: dict[str, list[str]]) -> None:
         print(f"  skipped {len(paths)} file(s), {SKIP_REASONS[reason]}: {shown}")
 
 
-def load_source(data: dict) -> tuple[list[str], list, np.ndarray, list[str], dict[str, list[str]]]:
-    """Return (classes, items, labels, names, skipped) for the configured source."""
+def load_source(
+    data: dict,
+) -> tuple[list[str], list, np.ndarray, list[str], dict[str, list[str]], str]:
+    """Return (classes, items, labels, names, skipped, route) for the configured source."""
     if data["source"] == "digits":
-        return (*load_digits_source(data["image_size"]), {})
+        classes, items, labels, names, route = load_digits_source()
+        return classes, items, labels, names, {}, route
+    if data["source"] == "mnist":
+        classes, items, labels, names, route = load_mnist_source()
+        return classes, items, labels, names, {}, route
     folder = data["folder"]
     scan = scan_folder(folder)
     print_skipped(scan.skipped)
@@ -134,7 +168,7 @@ def load_source(data: dict) -> tuple[list[str], list, np.ndarray, list[str], dic
     names = [str(path.relative_to(folder)) for path in items]
     labels = np.array([label for _, label in scan.files], dtype=np.int32)
     check_classes(scan.classes, labels, folder)
-    return scan.classes, items, labels, names, scan.skipped
+    return scan.classes, items, labels, names, scan.skipped, f"folder {folder}"
 
 
 def check_classes(classes: list[str], labels: np.ndarray, folder: str) -> None:
@@ -170,10 +204,28 @@ def main() -> None:
     params = load_params("data", "split")
     data, split = params["data"], params["split"]
     start = time.perf_counter()
-    classes, items, labels, names, skipped = load_source(data)
-    size = data["image_size"]
+    classes, items, labels, names, skipped, route = load_source(data)
+    if data["source"] != "folder" and data["max_per_class"] is not None:
+        # In-memory digits always decode: choose before decoding (MNIST has 10,000 or 70,000).
+        keep = np.sort(
+            np.concatenate(
+                list(
+                    stratified_split(
+                        labels,
+                        classes,
+                        split["val"],
+                        split["test"],
+                        split["seed"],
+                        data["max_per_class"],
+                    ).values()
+                )
+            )
+        )
+        items, labels, names = [items[i] for i in keep], labels[keep], [names[i] for i in keep]
+    prep = ImagePrep.from_params(data)
+    size = prep.image_size
     with scratch_path(OUT, ".npy") as scratch:
-        images, good, bad = decode_source(items, names, size, scratch)
+        images, good, bad, noted = decode_source(items, names, prep, scratch)
         for reason, paths in bad.items():
             skipped.setdefault(reason, []).extend(paths)
         labels, names = labels[good], [names[i] for i in good]
@@ -193,10 +245,15 @@ def main() -> None:
         del images
     write_manifest(parts, labels, names, classes)
     write_json(OUT / "classes.json", classes)
+    write_json(OUT / "prep.json", prep.as_dict())
     report = {
-        "source": "sklearn digits" if data["source"] == "digits" else str(data["folder"]),
+        "source": {"digits": "sklearn digits", "mnist": "mnist"}.get(
+            data["source"], str(data["folder"])
+        ),
+        "route": route,
         "classes": len(classes),
         "image_size": size,
+        "prep": prep.as_dict(),
         "images": {s: len(parts[s]) for s in SPLITS},
         "per_class": {
             s: dict(
@@ -211,6 +268,8 @@ def main() -> None:
         # Every reason, 0 included, so that `dvc metrics diff` always compares the same keys.
         "skipped": {reason: len(skipped.get(reason, [])) for reason in SKIP_REASONS},
         "skipped_files": {reason: paths for reason, paths in sorted(skipped.items())},
+        "notes": {note: len(noted.get(note, [])) for note in NOTES},
+        "note_files": {note: paths for note, paths in sorted(noted.items())},
     }
     write_json(OUT / "report.json", report)
     counts = ", ".join(f"{s} {len(parts[s])}" for s in SPLITS)

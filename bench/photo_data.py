@@ -1,0 +1,155 @@
+"""A seeded benchmark set of simulated phone photos of real handwritten (MNIST) digits.
+
+    python -m bench.photo_data OUT [--per-class 100] [--seed 0] [--width 3024 --height 4032]
+
+Writes ``OUT/photos/<digit>/<name>.jpg`` and the same digits as clean, tight scans,
+``OUT/scans/<digit>/<name>.png`` (28 px, dark ink on white), plus ``OUT/info.json``. The
+digits are the first ``--per-class`` of each class in a seeded permutation of the MNIST
+digits from ``stages/common/mnist.py``.
+
+Each photo is what a phone gives for a digit written on a sheet of paper: a portrait
+``width`` x ``height`` JPEG; paper of some colour under a light gradient and a vignette; ink
+of some colour, slightly blurred; the digit 25-50 % of the short side tall, off-centre and
+slightly rotated; sensor noise; and an EXIF orientation of 1, 6 or 8 with the pixels stored
+rotated accordingly (as phones do), so only a reader that applies the orientation sees the
+page upright. Everything is drawn from one ``numpy`` generator per image, seeded by
+``(seed, index)``: the same arguments give the same bytes (``tests/test_photo_data.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageChops, ImageFilter
+
+from stages.common.mnist import load_mnist
+
+PAPERS = [(250, 249, 244), (245, 238, 220), (236, 236, 232), (232, 240, 250), (250, 244, 200)]
+INKS = [(20, 20, 25), (25, 35, 110), (60, 60, 65), (15, 40, 30)]
+# EXIF orientation -> the transpose that turns the upright page into the stored pixels
+# (the inverse of what ImageOps.exif_transpose applies when reading).
+STORE = {1: None, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
+EXIF_ORIENTATION = 0x0112
+
+
+def choose_digits(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(images white-on-black, labels, MNIST indices, route): ``per_class`` per digit, seeded."""
+    mnist = load_mnist()
+    order = np.random.default_rng(seed).permutation(len(mnist.labels))
+    chosen = np.concatenate([order[mnist.labels[order] == d][:per_class] for d in range(10)])
+    if len(chosen) < 10 * per_class:
+        raise SystemExit(f"MNIST has fewer than {per_class} digits of some class")
+    return mnist.images[chosen], mnist.labels[chosen], chosen, mnist.route
+
+
+def _lighting(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """A smooth multiplicative light field (gradient plus vignette), 0..255, as an 'L' image."""
+    small = 32
+    y, x = np.mgrid[0:small, 0:small] / (small - 1) - 0.5
+    angle = rng.uniform(0, 2 * np.pi)
+    gradient = rng.uniform(0.1, 0.35) * (np.cos(angle) * x + np.sin(angle) * y)
+    vignette = rng.uniform(0.0, 0.25) * (x**2 + y**2)
+    light = np.clip(0.95 + gradient - vignette, 0.45, 1.0)
+    plane = Image.fromarray(np.rint(light * 255).astype(np.uint8), mode="L")
+    return plane.resize((width, height), Image.Resampling.BILINEAR)
+
+
+def _ink_mask(digit: np.ndarray, rng: np.random.Generator, side: int) -> Image.Image:
+    """The digit's ink as an 'L' mask ``side`` px tall (MNIST's 20 px box), rotated, blurred."""
+    scale = side / 20  # MNIST digits fill a 20x20 box centred in 28x28
+    mask = Image.fromarray(digit, mode="L").resize(
+        (round(28 * scale), round(28 * scale)), Image.Resampling.BICUBIC
+    )
+    mask = mask.rotate(rng.uniform(-10, 10), resample=Image.Resampling.BICUBIC, expand=True)
+    return mask.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5) * scale / 10))
+
+
+def render_photo(digit: np.ndarray, rng: np.random.Generator, width: int, height: int) -> bytes:
+    """One simulated phone photo (JPEG bytes, with an EXIF orientation) of a 28 px digit."""
+    short = min(width, height)
+    paper = np.array(PAPERS[rng.integers(len(PAPERS))]) + rng.integers(-6, 7, size=3)
+    ink = np.array(INKS[rng.integers(len(INKS))]) + rng.integers(-10, 11, size=3)
+    light = _lighting(rng, width, height)
+    black = Image.new("RGB", (width, height), (0, 0, 0))
+    page = Image.composite(Image.new("RGB", (width, height), _colour(paper)), black, light)
+    mask = _ink_mask(digit, rng, round(short * rng.uniform(0.25, 0.5)))
+    left = int(rng.integers(0, max(1, width - mask.width)))
+    top = int(rng.integers(0, max(1, height - mask.height)))
+    box = (left, top, left + mask.width, top + mask.height)
+    opacity = rng.uniform(0.8, 1.0)
+    mask = mask.point(lambda v: round(v * opacity))
+    ink_patch = Image.composite(
+        Image.new("RGB", mask.size, _colour(ink)), black.crop((0, 0, *mask.size)), light.crop(box)
+    )
+    page.paste(ink_patch, box[:2], mask)
+    sigma = rng.uniform(2, 6)
+    noise = rng.normal(128, sigma, size=(height // 2, width // 2))
+    grain = Image.fromarray(np.clip(np.rint(noise), 0, 255).astype(np.uint8), mode="L")
+    grain = grain.resize((width, height), Image.Resampling.NEAREST)
+    page = Image.merge("RGB", [ImageChops.add(b, grain, 1.0, -128) for b in page.split()])
+    orientation = int(rng.choice([1, 6, 8]))
+    if STORE[orientation] is not None:
+        page = page.transpose(STORE[orientation])
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    out = io.BytesIO()
+    page.save(out, format="JPEG", quality=int(rng.integers(85, 95)), exif=exif)
+    return out.getvalue()
+
+
+def _colour(values: np.ndarray) -> tuple[int, int, int]:
+    r, g, b = (int(v) for v in np.clip(values, 0, 255))
+    return r, g, b
+
+
+def scan_png(digit: np.ndarray) -> bytes:
+    """The digit as a clean 28 px scan: dark ink on white, PNG bytes."""
+    out = io.BytesIO()
+    Image.fromarray(255 - digit, mode="L").save(out, format="PNG")
+    return out.getvalue()
+
+
+def write_set(out: Path, per_class: int, seed: int, width: int, height: int) -> dict:
+    """Write photos/ and scans/ under ``out`` (skipping files already there); return info."""
+    images, labels, sources, route = choose_digits(per_class, seed)
+    for i, (digit, label, source) in enumerate(zip(images, labels, sources, strict=True)):
+        name = f"mnist{source:05d}"
+        photo = out / "photos" / str(label) / f"{name}.jpg"
+        scan = out / "scans" / str(label) / f"{name}.png"
+        if not photo.is_file():
+            rng = np.random.default_rng([seed, i])
+            photo.parent.mkdir(parents=True, exist_ok=True)
+            photo.write_bytes(render_photo(digit, rng, width, height))
+        if not scan.is_file():
+            scan.parent.mkdir(parents=True, exist_ok=True)
+            scan.write_bytes(scan_png(digit))
+    info = {
+        "per_class": per_class,
+        "seed": seed,
+        "width": width,
+        "height": height,
+        "digits": len(labels),
+        "mnist_route": route,
+    }
+    (out / "info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--per-class", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--width", type=int, default=3024)
+    parser.add_argument("--height", type=int, default=4032)
+    args = parser.parse_args()
+    info = write_set(args.out, args.per_class, args.seed, args.width, args.height)
+    print(f"wrote {info['digits']} photos and scans under {args.out}")
+
+
+if __name__ == "__main__":
+    main()
