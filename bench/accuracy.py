@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.common import paths
 from tools.scratch import copy_project, git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,8 +74,8 @@ def run_one(repo: Path, seed: int, overrides: list[str]) -> dict:
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         sys.exit(f"`{' '.join(cmd)}` failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    metrics = json.loads((repo / "metrics/metrics.json").read_text())
-    baselines = json.loads((repo / "metrics/baselines.json").read_text())
+    metrics = json.loads((repo / paths.METRICS).read_text())
+    baselines = json.loads((repo / paths.BASELINES).read_text())
     return {
         "seed": seed,
         "command": " ".join(cmd),

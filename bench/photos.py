@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.photo_data import write_set
+from stages.common import paths
 from tools.scratch import copy_project, git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def dvc_exp_run(repo: Path, sets: list[str]) -> dict:
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         sys.exit(f"`{' '.join(cmd)}` failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    metrics = json.loads((repo / "metrics/metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads((repo / paths.METRICS).read_text(encoding="utf-8"))
     return {
         "command": " ".join(cmd),
         "seconds": round(seconds, 1),
@@ -80,12 +81,12 @@ def heldout_mnist(repo: Path, photo_set: Path) -> dict:
     from stages.common.mnist import load_mnist
     from stages.predict import classify, load_pipeline
 
-    with open(repo / "data/split/manifest.csv", encoding="utf-8", newline="") as f:
+    with open(repo / paths.MANIFEST, encoding="utf-8", newline="") as f:
         used = {int(row["source"].split("#")[1]) for row in csv.DictReader(f)}
     mnist = load_mnist()
     rest = np.array([i for i in range(len(mnist.labels)) if i not in used])
-    prep = ImagePrep.from_params(json.loads((repo / "data/split/prep.json").read_text()))
-    extractor, head = load_pipeline(repo / "models")
+    prep = ImagePrep.from_params(json.loads((repo / paths.PREP).read_text()))
+    extractor, head = load_pipeline(repo / paths.MODELS_DIR)
     scans = np.stack([prepare_image(Image.fromarray(255 - mnist.images[i]), prep) for i in rest])
     scan_right = int(np.sum(classify(extractor, head, scans).argmax(1) == mnist.labels[rest]))
     photos = sorted((photo_set / "photos").glob("*/*.jpg"))

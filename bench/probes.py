@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from stages.common import paths
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 RESULT_PREFIX = "BENCH_RESULT "
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +81,7 @@ def stage_params(precision: str = "float32") -> dict:
     """params.yaml's ``extract`` section (layer, pooling, batch) with ImageNet weights."""
     import yaml
 
-    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))["extract"]
+    params = yaml.safe_load((ROOT / paths.PARAMS_FILE).read_text(encoding="utf-8"))["extract"]
     return {**params, "weights": "imagenet", "precision": precision}
 
 
@@ -208,7 +210,7 @@ def head_timer(keras):
 def read_repo(repo: Path) -> tuple[dict, dict]:
     import yaml
 
-    params = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))
+    params = yaml.safe_load((repo / paths.PARAMS_FILE).read_text(encoding="utf-8"))
     return params["train"], params["augment"]
 
 
@@ -243,12 +245,15 @@ def probe_epochs(repo: str, rounds: int, inloop_batches: int) -> dict:
     repo_path = Path(repo)
     train, augment = read_repo(repo_path)
     keras = setup_keras(train["seed"])
-    features, split = repo_path / "data/features", repo_path / "data/split"
-    x, y = np.load(features / "train_features.npy"), np.load(features / "train_labels.npy")
-    xv, yv = np.load(features / "val_features.npy"), np.load(features / "val_labels.npy")
-    images = np.load(split / "train_images.npy").astype(np.float32)
-    image_labels = np.load(split / "train_labels.npy")
-    val_images = np.load(split / "val_images.npy").astype(np.float32)
+
+    def load(path: Path) -> np.ndarray:
+        return np.load(repo_path / path)
+
+    x, y = load(paths.features("train")), load(paths.feature_labels("train"))
+    xv, yv = load(paths.features("val")), load(paths.feature_labels("val"))
+    images = load(paths.split_images("train")).astype(np.float32)
+    image_labels = load(paths.split_labels("train"))
+    val_images = load(paths.split_images("val")).astype(np.float32)
     n_classes, batch = int(max(y.max(), yv.max())) + 1, train["batch_size"]
 
     def head(**compile_args):
@@ -317,12 +322,14 @@ def probe_precision(repo: str, precisions: list[str]) -> dict:
     keras = setup_keras(42)
     import tensorflow as tf
 
-    split, cached = repo_path / "data/split", repo_path / "data/features"
-    x_train, y_train = np.load(split / "train_images.npy"), np.load(split / "train_labels.npy")
-    x_test, y_test = np.load(split / "test_images.npy"), np.load(split / "test_labels.npy")
+    def load(path: Path, **kwargs: Any) -> np.ndarray:
+        return np.load(repo_path / path, **kwargs)
+
+    x_train, y_train = load(paths.split_images("train")), load(paths.split_labels("train"))
+    x_test, y_test = load(paths.split_images("test")), load(paths.split_labels("test"))
     float32 = {
-        "train": np.load(cached / "train_features.npy", mmap_mode="r")[: len(x_train)],
-        "test": np.load(cached / "test_features.npy"),
+        "train": load(paths.features("train"), mmap_mode="r")[: len(x_train)],
+        "test": load(paths.features("test")),
     }
 
     def accuracy(f_train: np.ndarray, f_test: np.ndarray) -> float:

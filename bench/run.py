@@ -37,6 +37,7 @@ import numpy as np
 import yaml
 
 from bench.probes import RESULT_PREFIX
+from stages.common import paths
 from tools.scratch import copy_project, git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +148,7 @@ def machine() -> dict[str, Any]:
 
 
 def set_params(repo: Path, overrides: dict[str, Any]) -> dict[str, Any]:
-    path = repo / "params.yaml"
+    path = repo / paths.PARAMS_FILE
     params = yaml.safe_load(path.read_text(encoding="utf-8"))
     for dotted, value in overrides.items():
         section, key = dotted.split(".")
@@ -185,7 +186,7 @@ def bench_import(results: dict, repo: Path | None) -> None:
 
 
 def bench_extract(results: dict, repo: Path | None) -> None:
-    batch_size = yaml.safe_load((ROOT / "params.yaml").read_text())["extract"]["batch_size"]
+    batch_size = yaml.safe_load((ROOT / paths.PARAMS_FILE).read_text())["extract"]["batch_size"]
     plans = {
         32: {"images": 256, "reps": 5, "batch_sizes": [], "precisions": []},
         64: {
@@ -235,7 +236,7 @@ def bench_repro(results: dict, repo: Path) -> None:
     if ran:  # early stopping may end training before train.epochs
         results["headonly_train_epochs_run"] = int(ran.group(1))
     results["headonly_change"] = HEAD_ONLY_CHANGE
-    metrics = json.loads((repo / "metrics/metrics.json").read_text())
+    metrics = json.loads((repo / paths.METRICS).read_text())
     results["test_accuracy_imagenet"] = metrics["test"]["accuracy"]
     check = run(
         [
@@ -277,17 +278,17 @@ def write_synthetic_split(folder: Path, n: int, size: int) -> None:
     """data/split and data/augmented as the extract stage reads them, with n training images."""
     from stages.common.io import npy_writer, save_npy
 
-    split, augmented = folder / "data/split", folder / "data/augmented"
     rng = np.random.default_rng(0)
-    with npy_writer(split / "train_images.npy", (n, size, size, 3), np.uint8) as out:
+    with npy_writer(folder / paths.split_images("train"), (n, size, size, 3), np.uint8) as out:
         for lo in range(0, n, 1000):
             out[lo : lo + 1000] = rng.integers(0, 256, out[lo : lo + 1000].shape, dtype=np.uint8)
-    save_npy(split / "train_labels.npy", np.arange(n, dtype=np.int32) % 10)
+    save_npy(folder / paths.split_labels("train"), np.arange(n, dtype=np.int32) % 10)
     for name in ("val", "test"):
-        save_npy(split / f"{name}_images.npy", rng.integers(0, 256, (10, size, size, 3), np.uint8))
-        save_npy(split / f"{name}_labels.npy", np.arange(10, dtype=np.int32))
-    save_npy(augmented / "images.npy", np.zeros((0, size, size, 3), np.uint8))
-    save_npy(augmented / "labels.npy", np.zeros(0, np.int32))
+        images = rng.integers(0, 256, (10, size, size, 3), np.uint8)
+        save_npy(folder / paths.split_images(name), images)
+        save_npy(folder / paths.split_labels(name), np.arange(10, dtype=np.int32))
+    save_npy(folder / paths.AUGMENTED_IMAGES, np.zeros((0, size, size, 3), np.uint8))
+    save_npy(folder / paths.AUGMENTED_LABELS, np.zeros(0, np.int32))
 
 
 def bench_rss(results: dict, repo: Path | None) -> None:
@@ -296,7 +297,7 @@ def bench_rss(results: dict, repo: Path | None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             write_synthetic_split(folder, n, size)
-            shutil.copy(ROOT / "params.yaml", folder / "params.yaml")
+            shutil.copy(ROOT / paths.PARAMS_FILE, folder / paths.PARAMS_FILE)
             set_params(folder, {"extract.weights": "random"})
             done = run([sys.executable, "-m", "stages.extract"], folder)
         results[f"extract_peak_rss_mb_{n}"] = done.peak_rss_mb
@@ -328,7 +329,7 @@ def derive(results: dict) -> None:
     if "inloop_epoch_s" in results and "headonly_repro_s" in results:
         epochs = (
             results.get("headonly_train_epochs_run")
-            or yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["epochs"]
+            or yaml.safe_load((ROOT / paths.PARAMS_FILE).read_text())["train"]["epochs"]
         )
         results["train_epochs"] = epochs
         results["inloop_retrain_s"] = results["inloop_epoch_s"] * epochs

@@ -11,17 +11,18 @@ Outputs (``data/augmented/``): ``images.npy`` (copies x train images, uint8) and
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
+from stages.common import paths
 from stages.common.errors import run_stage
 from stages.common.io import load_npy, npy_writer, save_npy
 from stages.common.params import load_params
 from stages.common.tf import setup_keras
 
-SPLIT = Path("data/split")
-OUT = Path("data/augmented")
+# What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
+READS = (paths.split_images("train"), paths.split_labels("train"))
+WRITES = (paths.AUGMENTED_DIR,)
 
 
 def build_augmenter(keras, augment: dict):
@@ -45,11 +46,11 @@ def build_augmenter(keras, augment: dict):
 def main() -> None:
     augment = load_params("augment")["augment"]
     start = time.perf_counter()
-    images = load_npy(SPLIT / "train_images.npy", mmap=True)
-    labels = load_npy(SPLIT / "train_labels.npy")
+    images = load_npy(paths.split_images("train"), mmap=True)
+    labels = load_npy(paths.split_labels("train"))
     copies, batch = augment["copies"], augment["batch_size"]
     n = len(images)
-    with npy_writer(OUT / "images.npy", (copies * n, *images.shape[1:]), np.uint8) as out:
+    with npy_writer(paths.AUGMENTED_IMAGES, (copies * n, *images.shape[1:]), np.uint8) as out:
         if copies:
             keras = setup_keras(augment["seed"])
             augmenter = build_augmenter(keras, augment)
@@ -62,9 +63,9 @@ def main() -> None:
                         np.rint(y), 0, 255
                     ).astype(np.uint8)
                     progress.add(len(x))
-    save_npy(OUT / "labels.npy", np.tile(labels, copies))
+    save_npy(paths.AUGMENTED_LABELS, np.tile(labels, copies))
     print(
-        f"augment: wrote {OUT}/ ({copies} copies x {n} training images = {copies * n} images) "
+        f"augment: wrote {paths.AUGMENTED_DIR}/ ({copies} copies x {n} training images = {copies * n} images) "
         f"in {time.perf_counter() - start:.1f}s"
     )
 

@@ -20,20 +20,23 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from stages.common import paths
 from stages.common.errors import run_stage
 from stages.common.io import load_npy, write_json
 from stages.common.params import load_params
 
-SPLIT = Path("data/split")
-FEATURES = Path("data/features")
-OUT = Path("metrics/baselines.json")
-SPLITS = ("train", "val", "test")
+SPLITS = paths.SPLITS
+# What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
+READS = (
+    *(p for s in SPLITS for p in (paths.split_images(s), paths.split_labels(s))),
+    paths.FEATURES_DIR,
+)
+WRITES = (paths.BASELINES,)
 LOGREG_C = (0.001, 0.01, 0.1, 1.0, 10.0)
 SVM_C = (1.0, 3.0, 10.0, 30.0, 100.0)
 SVM_GAMMA_SCALE = (0.25, 0.5, 1.0, 2.0)  # times scikit-learn's gamma="scale", 1 / (d * var(X))
@@ -53,8 +56,8 @@ def to_pixels(images: np.ndarray, size: int) -> np.ndarray:
 def pixel_data(size: int) -> Data:
     return {
         split: (
-            to_pixels(load_npy(SPLIT / f"{split}_images.npy", mmap=True), size),
-            load_npy(SPLIT / f"{split}_labels.npy"),
+            to_pixels(load_npy(paths.split_images(split), mmap=True), size),
+            load_npy(paths.split_labels(split)),
         )
         for split in SPLITS
     }
@@ -62,11 +65,11 @@ def pixel_data(size: int) -> Data:
 
 def feature_data() -> Data:
     """The cached features; train keeps only the original training images (the first rows)."""
-    n_train = len(load_npy(SPLIT / "train_labels.npy"))
+    n_train = len(load_npy(paths.split_labels("train")))
     data = {}
     for split in SPLITS:
-        features = load_npy(FEATURES / f"{split}_features.npy", mmap=True)
-        labels = load_npy(FEATURES / f"{split}_labels.npy")
+        features = load_npy(paths.features(split), mmap=True)
+        labels = load_npy(paths.feature_labels(split))
         rows = n_train if split == "train" else len(labels)
         data[split] = (np.asarray(features[:rows], dtype=np.float32), labels[:rows])
     return data
@@ -125,13 +128,15 @@ def main() -> None:
         "pixel_size": size,
         "feature_dim": int(features["train"][0].shape[1]),
     }
-    write_json(OUT, results)
+    write_json(paths.BASELINES, results)
     scores = ", ".join(
         f"{name} {r['test_accuracy']:.4f} (val {r['val_accuracy']:.4f})"
         for name, r in results.items()
         if isinstance(r, dict)
     )
-    print(f"baselines: test accuracy {scores}; wrote {OUT} in {time.perf_counter() - start:.1f}s")
+    print(
+        f"baselines: test accuracy {scores}; wrote {paths.BASELINES} in {time.perf_counter() - start:.1f}s"
+    )
 
 
 if __name__ == "__main__":

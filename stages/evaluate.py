@@ -21,25 +21,31 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.common import paths
 from stages.common.errors import run_stage
 from stages.common.io import atomic_path, load_npy, read_json, write_json, write_text
 from stages.common.params import load_params
 from stages.common.tf import setup_keras
 
-FEATURES = Path("data/features")
-SPLIT = Path("data/split")
-HEAD = Path("models/head.keras")
-METRICS = Path("metrics")
-PLOTS = Path("plots")
-SPLITS = ("train", "val", "test")
+SPLITS = paths.SPLITS
+# What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
+READS = (paths.HEAD, paths.FEATURES_DIR, paths.SPLIT_DIR)
+WRITES = (
+    paths.METRICS,
+    paths.PER_CLASS,
+    paths.PREDICTIONS,
+    paths.CONFUSION,
+    paths.PREDICTION_GRID,
+    paths.MISCLASSIFIED,
+)
 MAX_GALLERY = 200
 RIGHT, WRONG = "#ffd60a", "#ff3b30"  # the seed's captions: yellow when right, red when wrong
 
 
 def predict_split(head, split: str, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities and labels for one split's cached features (first ``rows`` only)."""
-    features = load_npy(FEATURES / f"{split}_features.npy", mmap=True)[:rows]
-    labels = load_npy(FEATURES / f"{split}_labels.npy")[:rows]
+    features = load_npy(paths.features(split), mmap=True)[:rows]
+    labels = load_npy(paths.feature_labels(split))[:rows]
     return head.predict(np.asarray(features), batch_size=1024, verbose=0), labels
 
 
@@ -81,11 +87,11 @@ def write_predictions(probs: np.ndarray, labels: np.ndarray, classes: list[str])
     writer.writerow(["row", "source", "actual", "predicted", "confidence"])
     for i, (p, y) in enumerate(zip(probs, labels, strict=True)):
         writer.writerow([i, sources[i], classes[y], classes[p.argmax()], f"{p.max():.4f}"])
-    write_text(PLOTS / "predictions.csv", buffer.getvalue())
+    write_text(paths.PREDICTIONS, buffer.getvalue())
 
 
 def _manifest() -> list[dict[str, str]]:
-    with open(SPLIT / "manifest.csv", encoding="utf-8", newline="") as f:
+    with open(paths.MANIFEST, encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -126,7 +132,7 @@ def draw_confusion(labels: np.ndarray, predicted: np.ndarray, classes: list[str]
     accuracy = float(np.mean(labels == predicted))
     ax.set_title(f"Test confusion matrix: {accuracy:.2%} of {len(labels)} images")
     fig.tight_layout()
-    _save_figure(fig, PLOTS / "confusion.png")
+    _save_figure(fig, paths.CONFUSION)
 
 
 def draw_gallery(
@@ -166,11 +172,11 @@ def main() -> None:
     evaluate = load_params("evaluate")["evaluate"]
     keras = setup_keras(evaluate["seed"])
     start = time.perf_counter()
-    head = keras.saving.load_model(HEAD, safe_mode=True)
-    classes = read_json(SPLIT / "classes.json")
-    info = read_json(FEATURES / "info.json")
-    split_report = read_json(SPLIT / "report.json")
-    prep = read_json(SPLIT / "prep.json")
+    head = keras.saving.load_model(paths.HEAD, safe_mode=True)
+    classes = read_json(paths.CLASSES)
+    info = read_json(paths.FEATURES_INFO)
+    split_report = read_json(paths.SPLIT_REPORT)
+    prep = read_json(paths.PREP)
     n_train = split_report["images"]["train"]
     metrics: dict = {}
     for split in SPLITS:
@@ -195,13 +201,13 @@ def main() -> None:
     }
     # How every image was prepared (crop, normalisation, fit): predict applies the same.
     metrics["prep"] = prep
-    write_json(METRICS / "metrics.json", metrics)
-    write_json(METRICS / "per_class.json", per_class)
+    write_json(paths.METRICS, metrics)
+    write_json(paths.PER_CLASS, per_class)
 
     predicted = probs.argmax(1)
     write_predictions(probs, labels, classes)
     draw_confusion(labels, predicted, classes)
-    images = load_npy(SPLIT / "test_images.npy", mmap=True)
+    images = load_npy(paths.split_images("test"), mmap=True)
     order = np.random.default_rng(evaluate["seed"]).permutation(len(labels))[
         : evaluate["grid_size"]
     ]
@@ -212,7 +218,7 @@ def main() -> None:
         predicted[order],
         classes,
         f"{grid_right} of {len(order)} test images right ({grid_right / len(order):.2%})",
-        PLOTS / "prediction_grid.png",
+        paths.PREDICTION_GRID,
         show_truth=False,
     )
     misclassified = np.flatnonzero(labels != predicted)
@@ -225,12 +231,12 @@ def main() -> None:
         classes,
         f"{n_wrong} misclassified test image{'' if n_wrong == 1 else 's'} (true→predicted)"
         + (f", first {MAX_GALLERY} shown" if len(wrong) == MAX_GALLERY else ""),
-        PLOTS / "misclassified.png",
+        paths.MISCLASSIFIED,
         show_truth=True,
     )
     print(
         f"evaluate: test accuracy {metrics['test']['accuracy']:.4f} (val {metrics['val']['accuracy']:.4f}, "
-        f"train {metrics['train']['accuracy']:.4f}); wrote {METRICS}/ and {PLOTS}/ "
+        f"train {metrics['train']['accuracy']:.4f}); wrote {paths.METRICS_DIR}/ and {paths.PLOTS_DIR}/ "
         f"in {time.perf_counter() - start:.1f}s"
     )
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.common import paths
 from stages.common.errors import run_stage
 from stages.common.images import to_model_input
 from stages.common.io import atomic_path, load_npy, npy_writer, save_npy, write_json
@@ -36,10 +37,9 @@ from stages.common.params import load_params
 from stages.common.tf import setup_keras
 from stages.common.weights import load_resnet50
 
-SPLIT = Path("data/split")
-AUGMENTED = Path("data/augmented")
-OUT = Path("data/features")
-EXTRACTOR = Path("models/feature_extractor.keras")
+# What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
+READS = (paths.SPLIT_DIR, paths.AUGMENTED_DIR)
+WRITES = (paths.FEATURES_DIR, paths.EXTRACTOR)
 
 
 def make_strategy(tf, devices: Sequence[str] | None = None):
@@ -200,14 +200,14 @@ def write_features(forward: Callable, dataset, out: np.ndarray, progress=None) -
 def sources(split: str) -> list[Path]:
     """The image arrays whose features make up one split (train includes the augmented copies)."""
     if split == "train":
-        return [SPLIT / "train_images.npy", AUGMENTED / "images.npy"]
-    return [SPLIT / f"{split}_images.npy"]
+        return [paths.split_images("train"), paths.AUGMENTED_IMAGES]
+    return [paths.split_images(split)]
 
 
 def label_sources(split: str) -> list[Path]:
     if split == "train":
-        return [SPLIT / "train_labels.npy", AUGMENTED / "labels.npy"]
-    return [SPLIT / f"{split}_labels.npy"]
+        return [paths.split_labels("train"), paths.AUGMENTED_LABELS]
+    return [paths.split_labels(split)]
 
 
 def extract_split(keras, tf, model, forward, strategy, split: str, batch_size: int) -> int:
@@ -215,16 +215,14 @@ def extract_split(keras, tf, model, forward, strategy, split: str, batch_size: i
     arrays = [a for a in (load_npy(path, mmap=True) for path in sources(split)) if len(a)]
     total = sum(len(a) for a in arrays)
     progress = keras.utils.Progbar(total, unit_name="image")
-    with npy_writer(
-        OUT / f"{split}_features.npy", (total, model.output_shape[-1]), np.float32
-    ) as out:
+    with npy_writer(paths.features(split), (total, model.output_shape[-1]), np.float32) as out:
         if total:
             dataset = image_dataset(
                 tf, arrays, batch_size * strategy.num_replicas_in_sync, strategy
             )
             write_features(forward, dataset, out, progress)
     labels = np.concatenate([load_npy(path) for path in label_sources(split)])
-    save_npy(OUT / f"{split}_labels.npy", labels)
+    save_npy(paths.feature_labels(split), labels)
     return total
 
 
@@ -235,7 +233,7 @@ def main() -> None:
 
     start = time.perf_counter()
     keras.mixed_precision.set_global_policy(extract["precision"])
-    image_size = load_npy(SPLIT / "val_images.npy", mmap=True).shape[1]
+    image_size = load_npy(paths.split_images("val"), mmap=True).shape[1]
     strategy = make_strategy(tf)
     with strategy.scope():
         model, info = build_extractor(keras, extract, image_size)
@@ -251,15 +249,15 @@ def main() -> None:
         f"{extract['precision']} on {where}"
     )
     counts = {}
-    for split in ("train", "val", "test"):
+    for split in paths.SPLITS:
         counts[split] = extract_split(
             keras, tf, model, forward, strategy, split, extract["batch_size"]
         )
     dim = int(model.output_shape[-1])
-    with atomic_path(EXTRACTOR) as tmp:
+    with atomic_path(paths.EXTRACTOR) as tmp:
         model.save(tmp)
     write_json(
-        OUT / "info.json",
+        paths.FEATURES_INFO,
         {
             "weights": info.as_dict(),
             "layer": extract["layer"],
@@ -271,8 +269,8 @@ def main() -> None:
     )
     seconds = time.perf_counter() - start
     print(
-        f"extract: wrote {OUT}/ ({', '.join(f'{s} {n}' for s, n in counts.items())} x {dim} features "
-        f"from {extract['layer']}) and {EXTRACTOR} in {seconds:.1f}s "
+        f"extract: wrote {paths.FEATURES_DIR}/ ({', '.join(f'{s} {n}' for s, n in counts.items())} x {dim} features "
+        f"from {extract['layer']}) and {paths.EXTRACTOR} in {seconds:.1f}s "
         f"({sum(counts.values()) / seconds:.0f} images/s)"
     )
 

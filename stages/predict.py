@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.common import paths
 from stages.common.images import (
     IMAGE_EXTENSIONS,
     ImageError,
@@ -27,9 +28,6 @@ from stages.common.images import (
 )
 from stages.common.io import read_json, write_text
 
-MODELS = Path("models")
-CLASSES = Path("data/split/classes.json")
-PREP = Path("data/split/prep.json")
 BATCH = 64
 
 
@@ -56,11 +54,11 @@ def load_pipeline(models: Path):
     from stages.common.tf import setup_keras
 
     keras = setup_keras()
-    for name in ("feature_extractor.keras", "head.keras"):
+    for name in (paths.EXTRACTOR.name, paths.HEAD.name):
         if not (models / name).is_file():
             sys.exit(f"ERROR: {models / name} not found. Run `dvc repro` first.")
-    extractor = keras.saving.load_model(models / "feature_extractor.keras", safe_mode=True)
-    head = keras.saving.load_model(models / "head.keras", safe_mode=True)
+    extractor = keras.saving.load_model(models / paths.EXTRACTOR.name, safe_mode=True)
+    head = keras.saving.load_model(models / paths.HEAD.name, safe_mode=True)
     return extractor, head
 
 
@@ -70,7 +68,7 @@ def classify(extractor, head, images: np.ndarray) -> np.ndarray:
     return head.predict(features, batch_size=1024, verbose=0)
 
 
-def load_prep(path: Path = PREP) -> ImagePrep:
+def load_prep(path: Path = paths.PREP) -> ImagePrep:
     """The image preparation that split used for the training images."""
     if not path.is_file():
         sys.exit(f"ERROR: {path} not found. Run `dvc repro` first.")
@@ -105,19 +103,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", help="image files or folders")
     parser.add_argument("--top", type=int, default=1, help="how many classes to show per image")
     parser.add_argument("--out", type=Path, help="also write the predictions to this CSV file")
-    parser.add_argument("--models", type=Path, default=MODELS, help="folder of the .keras files")
+    parser.add_argument(
+        "--models", type=Path, default=paths.MODELS_DIR, help="folder of the .keras files"
+    )
     args = parser.parse_args(argv)
     files = find_images(args.paths)
     if not files:
         print(f"ERROR: no image files found in {args.paths}", file=sys.stderr)
         return 2
     extractor, head = load_pipeline(args.models)
-    classes = read_json(CLASSES)
+    classes = read_json(paths.CLASSES)
     prep = load_prep()
     if prep.image_size != extractor.input_shape[1]:
         sys.exit(
-            f"ERROR: {PREP} says {prep.image_size} px but {args.models}/feature_extractor.keras "
-            f"takes {extractor.input_shape[1]} px: run `dvc repro` to bring them in step."
+            f"ERROR: {paths.PREP} says {prep.image_size} px but {args.models}/"
+            f"feature_extractor.keras takes {extractor.input_shape[1]} px: run `dvc repro` "
+            "to bring them in step."
         )
     top = max(1, min(args.top, len(classes)))
     good, images, errors = decode_all(files, prep)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from stages.common import paths
 from stages.common.errors import PipelineError, run_stage
 from stages.common.images import (
     NOTES,
@@ -35,8 +36,10 @@ from stages.common.images import (
 from stages.common.io import npy_writer, save_npy, scratch_path, write_json, write_text
 from stages.common.params import load_params
 
-OUT = Path("data/split")
-SPLITS = ("train", "val", "test")
+SPLITS = paths.SPLITS
+# What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
+READS: tuple = ()  # and data.folder, a param (dvc.yaml: ${data.folder})
+WRITES = (paths.SPLIT_DIR,)
 
 
 DIGIT_CLASSES = [str(d) for d in range(10)]
@@ -139,9 +142,9 @@ def decode_source(
 
 
 def print_skipped(skipped: dict[str, list[str]]) -> None:
-    for reason, paths in sorted(skipped.items()):
-        shown = ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
-        print(f"  skipped {len(paths)} file(s), {SKIP_REASONS[reason]}: {shown}")
+    for reason, names in sorted(skipped.items()):
+        shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+        print(f"  skipped {len(names)} file(s), {SKIP_REASONS[reason]}: {shown}")
 
 
 def load_source(
@@ -197,7 +200,7 @@ def write_manifest(
     for split in SPLITS:
         for row, i in enumerate(parts[split]):
             writer.writerow([split, row, classes[labels[i]], names[i]])
-    write_text(OUT / "manifest.csv", buffer.getvalue())
+    write_text(paths.MANIFEST, buffer.getvalue())
 
 
 def main() -> None:
@@ -224,10 +227,10 @@ def main() -> None:
         items, labels, names = [items[i] for i in keep], labels[keep], [names[i] for i in keep]
     prep = ImagePrep.from_params(data)
     size = prep.image_size
-    with scratch_path(OUT, ".npy") as scratch:
+    with scratch_path(paths.SPLIT_DIR, ".npy") as scratch:
         images, good, bad, noted = decode_source(items, names, prep, scratch)
-        for reason, paths in bad.items():
-            skipped.setdefault(reason, []).extend(paths)
+        for reason, files in bad.items():
+            skipped.setdefault(reason, []).extend(files)
         labels, names = labels[good], [names[i] for i in good]
         if data["source"] == "folder":
             check_classes(classes, labels, data["folder"])
@@ -236,16 +239,14 @@ def main() -> None:
         )
         for name in SPLITS:
             rows = np.asarray(good)[parts[name]]
-            with npy_writer(
-                OUT / f"{name}_images.npy", (len(rows), size, size, 3), np.uint8
-            ) as out:
+            with npy_writer(paths.split_images(name), (len(rows), size, size, 3), np.uint8) as out:
                 for start_row in range(0, len(rows), 1024):
                     out[start_row : start_row + 1024] = images[rows[start_row : start_row + 1024]]
-            save_npy(OUT / f"{name}_labels.npy", labels[parts[name]])
+            save_npy(paths.split_labels(name), labels[parts[name]])
         del images
     write_manifest(parts, labels, names, classes)
-    write_json(OUT / "classes.json", classes)
-    write_json(OUT / "prep.json", prep.as_dict())
+    write_json(paths.CLASSES, classes)
+    write_json(paths.PREP, prep.as_dict())
     report = {
         "source": {"digits": "sklearn digits", "mnist": "mnist"}.get(
             data["source"], str(data["folder"])
@@ -267,14 +268,14 @@ def main() -> None:
         },
         # Every reason, 0 included, so that `dvc metrics diff` always compares the same keys.
         "skipped": {reason: len(skipped.get(reason, [])) for reason in SKIP_REASONS},
-        "skipped_files": {reason: paths for reason, paths in sorted(skipped.items())},
+        "skipped_files": {reason: files for reason, files in sorted(skipped.items())},
         "notes": {note: len(noted.get(note, [])) for note in NOTES},
-        "note_files": {note: paths for note, paths in sorted(noted.items())},
+        "note_files": {note: names for note, names in sorted(noted.items())},
     }
-    write_json(OUT / "report.json", report)
+    write_json(paths.SPLIT_REPORT, report)
     counts = ", ".join(f"{s} {len(parts[s])}" for s in SPLITS)
     print(
-        f"split: wrote {OUT}/ ({len(classes)} classes, {counts} images at {size}x{size}, "
+        f"split: wrote {paths.SPLIT_DIR}/ ({len(classes)} classes, {counts} images at {size}x{size}, "
         f"{sum(map(len, skipped.values()))} skipped) in {time.perf_counter() - start:.1f}s"
     )
 

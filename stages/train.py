@@ -21,15 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from stages.common import paths
 from stages.common.errors import run_stage
 from stages.common.io import atomic_path, load_npy, read_json
 from stages.common.params import load_params
 from stages.common.tf import setup_keras
 
-FEATURES = Path("data/features")
-CLASSES = Path("data/split/classes.json")
-HEAD = Path("models/head.keras")
-LOG = Path("plots/train_log.csv")
+# What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
+READS = (paths.FEATURES_DIR, paths.CLASSES)
+WRITES = (paths.HEAD, paths.TRAIN_LOG)
 # What build_head assumes for keys a caller's ``train`` dict may lack (params.yaml has them all).
 HEAD_DEFAULTS: dict[str, Any] = {
     "l2": 0.0,
@@ -163,19 +163,19 @@ def main() -> None:
     keras = setup_keras(train["seed"])
     start = time.perf_counter()
     x_train, y_train = (
-        load_npy(FEATURES / "train_features.npy"),
-        load_npy(FEATURES / "train_labels.npy"),
+        load_npy(paths.features("train")),
+        load_npy(paths.feature_labels("train")),
     )
-    x_val, y_val = load_npy(FEATURES / "val_features.npy"), load_npy(FEATURES / "val_labels.npy")
-    classes = read_json(CLASSES)
+    x_val, y_val = load_npy(paths.features("val")), load_npy(paths.feature_labels("val"))
+    classes = read_json(paths.CLASSES)
     model = build_head(keras, x_train, len(classes), train)
-    with atomic_path(LOG) as log, atomic_path(HEAD) as head:
+    with atomic_path(paths.TRAIN_LOG) as log, atomic_path(paths.HEAD) as head:
         ran, best = fit_head(keras, model, (x_train, y_train), (x_val, y_val), train, log)
         compile_for_saving(model)
         model.save(head)
     kept = f"weights of epoch {best}" if train["patience"] > 0 else f"weights of epoch {ran}"
     print(
-        f"train: wrote {HEAD} ({model.count_params():,} parameters, {kept}) and {LOG} "
+        f"train: wrote {paths.HEAD} ({model.count_params():,} parameters, {kept}) and {paths.TRAIN_LOG} "
         f"({ran} of {train['epochs']} epochs on {len(x_train)} feature vectors) "
         f"in {time.perf_counter() - start:.1f}s"
     )

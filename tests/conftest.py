@@ -35,6 +35,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from stages.common import paths
 from tools.scratch import copy_project, git_commit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +100,7 @@ def write_params(repo: str | Path, overrides: Mapping[str, Any]) -> dict[str, An
     A value of ``...`` (Ellipsis) deletes the key; unknown sections and keys are written as
     given, so tests can produce invalid files on purpose. Comments are not kept.
     """
-    path = Path(repo) / "params.yaml"
+    path = Path(repo) / paths.PARAMS_FILE
     params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")

@@ -11,6 +11,7 @@ import yaml
 from conftest import REPO_ROOT, run
 
 from stages.baselines import select_on_val, to_pixels
+from stages.common import paths
 
 
 def test_to_pixels_area_averages_back_to_the_original_grid() -> None:
@@ -49,7 +50,7 @@ def test_select_on_val_picks_by_val_and_scores_test_once() -> None:
 
 def test_stage_writes_metrics_without_importing_tensorflow(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    split, features = tmp_path / "data/split", tmp_path / "data/features"
+    split, features = tmp_path / paths.SPLIT_DIR, tmp_path / paths.FEATURES_DIR
     split.mkdir(parents=True)
     features.mkdir(parents=True)
     for name, n in (("train", 40), ("val", 20), ("test", 20)):
@@ -57,22 +58,22 @@ def test_stage_writes_metrics_without_importing_tensorflow(tmp_path: Path) -> No
         images = np.full((n, 16, 16, 3), 255, dtype=np.uint8)
         images[labels == 1, :8] = 0  # class 1: top half inked
         images = np.clip(images + rng.integers(0, 40, images.shape), 0, 255).astype(np.uint8)
-        np.save(split / f"{name}_images.npy", images)
-        np.save(split / f"{name}_labels.npy", labels)
+        np.save(tmp_path / paths.split_images(name), images)
+        np.save(tmp_path / paths.split_labels(name), labels)
         extra = 2 if name == "train" else 1  # train features also hold augmented copies
         feats = rng.normal(size=(n * extra, 6)).astype(np.float32)
         feats[:, 0] += 10 * np.tile(labels, extra)
-        np.save(features / f"{name}_features.npy", feats)
-        np.save(features / f"{name}_labels.npy", np.tile(labels, extra))
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+        np.save(tmp_path / paths.features(name), feats)
+        np.save(tmp_path / paths.feature_labels(name), np.tile(labels, extra))
+    params = yaml.safe_load((REPO_ROOT / paths.PARAMS_FILE).read_text(encoding="utf-8"))
+    (tmp_path / paths.PARAMS_FILE).write_text(yaml.safe_dump(params), encoding="utf-8")
     code = (
         "import sys; from stages import baselines; baselines.main(); "
         "assert 'tensorflow' not in sys.modules, 'baselines imported TensorFlow'"
     )
     result = run([sys.executable, "-c", code], tmp_path, env={"PYTHONPATH": str(REPO_ROOT)})
     assert "baselines: test accuracy" in result.stdout
-    metrics = json.loads((tmp_path / "metrics/baselines.json").read_text())
+    metrics = json.loads((tmp_path / paths.BASELINES).read_text())
     for name in ("logreg_pixels", "svm_rbf_pixels", "logreg_features"):
         assert metrics[name]["val_accuracy"] == metrics[name]["test_accuracy"] == 1.0
     assert metrics["pixel_size"] == params["baselines"]["pixel_size"]

@@ -19,6 +19,7 @@ import pytest
 from conftest import REPO_ROOT, command_env, run
 
 from stages import extract
+from stages.common import paths
 from stages.common.images import to_model_input
 from stages.common.io import load_npy, npy_writer, save_npy
 from stages.common.tf import setup_keras
@@ -176,10 +177,10 @@ def test_mirrored_strategy_splits_batches_and_keeps_order():
 def write_split(folder: Path) -> dict[str, np.ndarray]:
     data = {"train": images(9, 6), "val": images(5, 7), "test": images(4, 8)}
     for name, x in data.items():
-        save_npy(folder / f"data/split/{name}_images.npy", x)
-        save_npy(folder / f"data/split/{name}_labels.npy", np.arange(len(x), dtype=np.int32) % 3)
-    save_npy(folder / "data/augmented/images.npy", images(9, 9))
-    save_npy(folder / "data/augmented/labels.npy", np.arange(9, dtype=np.int32) % 3)
+        save_npy(folder / paths.split_images(name), x)
+        save_npy(folder / paths.split_labels(name), np.arange(len(x), dtype=np.int32) % 3)
+    save_npy(folder / paths.AUGMENTED_IMAGES, images(9, 9))
+    save_npy(folder / paths.AUGMENTED_LABELS, np.arange(9, dtype=np.int32) % 3)
     return data
 
 
@@ -189,25 +190,25 @@ def test_stage_writes_the_same_files_and_predict_reproduces_them(tmp_path):
     import yaml
 
     data = write_split(tmp_path)
-    all_params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
+    all_params = yaml.safe_load((REPO_ROOT / paths.PARAMS_FILE).read_text(encoding="utf-8"))
     all_params["extract"].update(weights="random", batch_size=4)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(all_params), encoding="utf-8")
+    (tmp_path / paths.PARAMS_FILE).write_text(yaml.safe_dump(all_params), encoding="utf-8")
     run([sys.executable, "-m", "stages.extract"], tmp_path, env={"PYTHONPATH": str(REPO_ROOT)})
 
-    features = tmp_path / "data/features"
+    features = tmp_path / paths.FEATURES_DIR
     assert sorted(p.name for p in features.iterdir()) == sorted(
         [f"{s}_{kind}.npy" for s in ("train", "val", "test") for kind in ("features", "labels")]
         + ["info.json"]
     )
     counts = {"train": 18, "val": 5, "test": 4}
     keras = setup_keras()
-    saved = keras.saving.load_model(tmp_path / "models/feature_extractor.keras", safe_mode=True)
+    saved = keras.saving.load_model(tmp_path / paths.EXTRACTOR, safe_mode=True)
     dim = saved.output_shape[-1]
     for split, n in counts.items():
-        x = load_npy(features / f"{split}_features.npy")
+        x = load_npy(tmp_path / paths.features(split))
         assert x.shape == (n, dim) and x.dtype == np.float32
-        assert load_npy(features / f"{split}_labels.npy").shape == (n,)
-    info = json.loads((features / "info.json").read_text())
+        assert load_npy(tmp_path / paths.feature_labels(split)).shape == (n,)
+    info = json.loads((tmp_path / paths.FEATURES_INFO).read_text())
     assert list(info) == ["weights", "layer", "pooling", "image_size", "feature_dim", "images"]
     assert info["images"] == counts and info["feature_dim"] == dim and info["image_size"] == SIZE
 

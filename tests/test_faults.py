@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, command_env, run, snapshot, write_images, write_params
 
+from stages.common import paths
 from stages.common.io import atomic_path, load_npy, save_npy, scratch_path, write_json
 
 TEMP_PREFIXES = (".tmp-", ".scratch-")
@@ -145,7 +146,7 @@ def test_leftovers_of_a_killed_run_are_removed_by_the_next_write(tmp_path):
 def wait_for_extract(repo: Path, log: Path, process: subprocess.Popen, timeout: float) -> str:
     """Block until extract is writing (a temp file in data/features); return what was seen."""
     deadline = time.monotonic() + timeout
-    features = repo / "data" / "features"
+    features = repo / paths.FEATURES_DIR
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"dvc repro ended before extract started:\n{log.read_text()[-4000:]}")
@@ -178,7 +179,7 @@ def repro_killed_during_extract(repo: Path, sig: signal.Signals, log: Path) -> s
     output = log.read_text()
     assert process.returncode != 0, output
     assert "Running stage 'extract'" in output
-    assert not (repo / "data/features/info.json").exists(), "extract must not have finished"
+    assert not (repo / paths.FEATURES_INFO).exists(), "extract must not have finished"
     return output
 
 
@@ -201,7 +202,7 @@ def test_killed_during_extract_then_repro_completes_cleanly(pipeline_repo, tmp_p
     assert stages_run(result.stdout) == ["extract", "train", "evaluate", "baselines"]
     assert_up_to_date(repo)
     assert leftovers(repo) == []
-    metrics = json.loads((repo / "metrics/metrics.json").read_text())
+    metrics = json.loads((repo / paths.METRICS).read_text())
     assert metrics["images"]["train_augmented"] == metrics["images"]["train"] > 0
 
 
@@ -210,8 +211,9 @@ def test_killed_during_extract_then_repro_completes_cleanly(pipeline_repo, tmp_p
 
 def outputs(repo: Path) -> dict[str, str]:
     """sha256 of metrics, plots and every data array the stages wrote (models hold timestamps)."""
-    patterns = ["metrics/*", "plots/*.csv", "plots/*.png", "data/split/*", "data/augmented/*"]
-    patterns.append("data/features/*")
+    folders = [paths.METRICS_DIR, paths.SPLIT_DIR, paths.AUGMENTED_DIR, paths.FEATURES_DIR]
+    patterns = [f"{folder}/*" for folder in folders]
+    patterns += [f"{paths.PLOTS_DIR}/*.csv", f"{paths.PLOTS_DIR}/*.png"]
     files = sorted(p for pattern in patterns for p in repo.glob(pattern) if p.is_file())
     assert len(files) >= 25
     return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
@@ -242,9 +244,9 @@ def test_folder_source_reruns_byte_identical_and_never_touches_the_folder(pipeli
     ]
     assert_up_to_date(repo)
     assert snapshot(raw) == before
-    metrics = json.loads((repo / "metrics/metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads((repo / paths.METRICS).read_text(encoding="utf-8"))
     assert metrics["images"]["skipped"] == 3  # .DS_Store, the repository's .gitkeep, broken.png
-    assert json.loads((repo / "data/split/classes.json").read_text()) == ["big dog", "cat", "영"]
+    assert json.loads((repo / paths.CLASSES).read_text()) == ["big dog", "cat", "영"]
     reference = outputs(repo)
 
     run(["dvc", "repro", "-f"], repo, env=env)

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from conftest import REPO_ROOT, copy_project, run, write_params
 
+from stages.common import paths
 from stages.common.params import (
     MAX_SEED,
     RESNET50_LAYERS,
@@ -30,7 +31,7 @@ from stages.common.params import (
 @pytest.fixture
 def params() -> dict[str, Any]:
     """The repository's own params.yaml, parsed (a fresh copy per test)."""
-    return copy.deepcopy(read_params(REPO_ROOT / "params.yaml"))
+    return copy.deepcopy(read_params(REPO_ROOT / paths.PARAMS_FILE))
 
 
 def problems_of(params: dict[str, Any]) -> str:
@@ -47,7 +48,10 @@ def set_key(params: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
 
 def test_repository_params_are_valid(params):
     assert validate(params) is params
-    assert set(load_params("data", "train", path=REPO_ROOT / "params.yaml")) == {"data", "train"}
+    assert set(load_params("data", "train", path=REPO_ROOT / paths.PARAMS_FILE)) == {
+        "data",
+        "train",
+    }
 
 
 def test_every_schema_key_is_in_params_yaml(params):
@@ -193,7 +197,7 @@ def test_all_problems_are_reported_at_once(params):
     ],
 )
 def test_whole_file_of_the_wrong_shape(tmp_path, document, expected):
-    path = tmp_path / "params.yaml"
+    path = tmp_path / paths.PARAMS_FILE
     path.write_text(document, encoding="utf-8")
     with pytest.raises(ParamsError, match=expected):
         load_params("train", path=path)
@@ -205,13 +209,13 @@ def test_section_that_is_not_a_mapping(params):
 
 
 def write_text_params(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "params.yaml"
+    path = tmp_path / paths.PARAMS_FILE
     path.write_text(text, encoding="utf-8")
     return path
 
 
 def repository_params_text() -> str:
-    return (REPO_ROOT / "params.yaml").read_text(encoding="utf-8")
+    return (REPO_ROOT / paths.PARAMS_FILE).read_text(encoding="utf-8")
 
 
 def test_invalid_yaml_is_reported_with_its_position(tmp_path):
@@ -248,10 +252,10 @@ def test_yaml_yes_is_a_boolean_and_is_refused_for_a_number(tmp_path):
 
 def test_missing_or_non_utf8_file(tmp_path):
     with pytest.raises(ParamsError, match="not found: run the stages from the repository root"):
-        load_params("train", path=tmp_path / "params.yaml")
-    (tmp_path / "params.yaml").write_bytes(b"train:\n  activation: r\xe9lu\n")
+        load_params("train", path=tmp_path / paths.PARAMS_FILE)
+    (tmp_path / paths.PARAMS_FILE).write_bytes(b"train:\n  activation: r\xe9lu\n")
     with pytest.raises(ParamsError, match="is not UTF-8 text"):
-        load_params("train", path=tmp_path / "params.yaml")
+        load_params("train", path=tmp_path / paths.PARAMS_FILE)
 
 
 # --- Through a real stage run: what a user sees ------------------------------------------------
@@ -266,9 +270,9 @@ def project_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def stage_dir(project_copy: Path):
     """The project copy with its original params.yaml restored after each test."""
-    original = (project_copy / "params.yaml").read_bytes()
+    original = (project_copy / paths.PARAMS_FILE).read_bytes()
     yield project_copy
-    (project_copy / "params.yaml").write_bytes(original)
+    (project_copy / paths.PARAMS_FILE).write_bytes(original)
 
 
 @pytest.mark.parametrize(
@@ -292,4 +296,4 @@ def test_split_stage_refuses_bad_params_before_any_work(stage_dir, overrides, ex
     assert result.stderr.startswith("ERROR: Invalid params.yaml:")
     assert expected in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    assert not (stage_dir / "data" / "split").exists(), "no output may be written"
+    assert not (stage_dir / paths.SPLIT_DIR).exists(), "no output may be written"

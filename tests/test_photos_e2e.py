@@ -12,6 +12,7 @@ import pytest
 from conftest import git_commit, run, write_params
 
 from bench.photo_data import write_set
+from stages.common import paths
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +23,7 @@ def test_predict_on_photos_equals_evaluate(pipeline_repo: Path, tmp_path: Path) 
     write_params(pipeline_repo, {"data.source": "folder", "data.folder": str(photos / "photos")})
     git_commit(pipeline_repo, "photos")
     run(["dvc", "repro"], pipeline_repo)
-    prep = json.loads((pipeline_repo / "data/split/prep.json").read_text())
+    prep = json.loads((pipeline_repo / paths.PREP).read_text())
     assert prep == {
         "image_size": 32,
         "fit": "pad",
@@ -30,12 +31,12 @@ def test_predict_on_photos_equals_evaluate(pipeline_repo: Path, tmp_path: Path) 
         "crop_margin": 0.15,
         "normalise": "illumination",
     }
-    metrics = json.loads((pipeline_repo / "metrics/metrics.json").read_text())
+    metrics = json.loads((pipeline_repo / paths.METRICS).read_text())
     assert metrics["prep"] == prep
-    report = json.loads((pipeline_repo / "data/split/report.json").read_text())
+    report = json.loads((pipeline_repo / paths.SPLIT_REPORT).read_text())
     assert report["notes"] == {"no_ink_found": 0}  # the ink was found on every photo
 
-    rows = list(csv.DictReader((pipeline_repo / "plots/predictions.csv").open()))
+    rows = list(csv.DictReader((pipeline_repo / paths.PREDICTIONS).open()))
     assert len(rows) == 10  # one test photo per class
     files = [str(photos / "photos" / row["source"]) for row in rows]
     out = tmp_path / "predicted.csv"

@@ -14,8 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import TINY_PARAMS, copy_project, git_commit, run, write_params
 from PIL import Image
+
+from stages.common import paths
 
 pytestmark = pytest.mark.slow
 STAGES = {"split", "augment", "extract", "train", "evaluate", "baselines"}
@@ -50,7 +53,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_full_run_writes_every_output(repo: Path) -> None:
-    metrics = json.loads((repo / "metrics/metrics.json").read_text())
+    metrics = json.loads((repo / paths.METRICS).read_text())
     assert metrics["features"]["weights"] == "random"
     assert metrics["features"]["weights_source"].startswith("random initialisation")
     assert metrics["features"]["layer"] == "conv4_block6_out"
@@ -60,14 +63,35 @@ def test_full_run_writes_every_output(repo: Path) -> None:
         assert 0 <= metrics[split]["accuracy"] <= 1
     # Even random features carry signal: well above the 10 % of guessing.
     assert metrics["val"]["accuracy"] > 0.3
-    per_class = json.loads((repo / "metrics/per_class.json").read_text())
+    per_class = json.loads((repo / paths.PER_CLASS).read_text())
     assert sorted(per_class) == [str(d) for d in range(10)]
     assert sum(c["support"] for c in per_class.values()) == metrics["images"]["test"]
-    for name in ("confusion.png", "prediction_grid.png", "misclassified.png", "train_log.csv"):
-        assert (repo / "plots" / name).stat().st_size > 0
-    epochs = list(csv.DictReader((repo / "plots/train_log.csv").open()))
+    for path in (paths.CONFUSION, paths.PREDICTION_GRID, paths.MISCLASSIFIED, paths.TRAIN_LOG):
+        assert (repo / path).stat().st_size > 0
+    epochs = list(csv.DictReader((repo / paths.TRAIN_LOG).open()))
     assert [int(row["epoch"]) for row in epochs] == [0, 1, 2]
     assert_up_to_date(repo)
+
+
+def test_every_file_written_is_a_declared_out(repo: Path) -> None:
+    """What the stages really wrote (not what they say): each file lies in an out of dvc.yaml."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    outs = [
+        Path(item if isinstance(item, str) else next(iter(item)))
+        for stage in stages.values()
+        for key in ("outs", "metrics", "plots")
+        for item in stage.get(key, [])
+    ]
+    folders = (paths.SPLIT_DIR.parent, paths.MODELS_DIR, paths.METRICS_DIR, paths.PLOTS_DIR)
+    written = [
+        p.relative_to(repo)
+        for folder in folders
+        for p in (repo / folder).rglob("*")
+        if p.is_file() and p.name not in (".gitignore", ".gitkeep")  # git's, not the stages'
+    ]
+    assert len(written) > 20
+    undeclared = [p for p in written if not any(p == o or p.is_relative_to(o) for o in outs)]
+    assert not undeclared, f"written by a stage but not declared in dvc.yaml: {undeclared}"
 
 
 def test_train_change_reruns_only_train_and_evaluate(repo: Path) -> None:
@@ -86,8 +110,8 @@ def test_augment_change_reruns_augment_onward(repo: Path) -> None:
 def test_predict_agrees_with_evaluate(repo: Path, tmp_path: Path) -> None:
     from sklearn.datasets import load_digits
 
-    rows = list(csv.DictReader((repo / "plots/predictions.csv").open()))
-    assert len(rows) == len(np.load(repo / "data/split/test_images.npy"))
+    rows = list(csv.DictReader((repo / paths.PREDICTIONS).open()))
+    assert len(rows) == len(np.load(repo / paths.split_images("test")))
     # The test digits as a user would have them: 8x8 files of dark ink on white, which predict
     # decodes and prepares (crop, normalisation, fit) exactly as split did.
     digits = load_digits().images
@@ -115,7 +139,7 @@ def test_metrics_and_plots_diff_between_commits(repo: Path, tmp_path: Path) -> N
     write_params(repo, {"train.layers": [32], "train.dropout": 0.0})
     assert repro(repo) == {"train", "evaluate"}
     diff = run(["dvc", "metrics", "diff", "--json"], repo)
-    changes = json.loads(diff.stdout)["metrics/metrics.json"]
+    changes = json.loads(diff.stdout)[str(paths.METRICS)]
     assert set(changes["test.accuracy"]) >= {"old", "new"}
     text = run(["dvc", "metrics", "diff"], repo).stdout
     assert "test.accuracy" in text

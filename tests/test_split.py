@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import copy_project, png_bytes, run, snapshot, write_images, write_params
 
+from stages.common import paths
 from stages.common.images import SKIP_REASONS
 
 SPLITS = ("train", "val", "test")
@@ -28,10 +29,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def repo(project: Path):
     """The project copy with params restored and data/split removed after each test."""
-    original = (project / "params.yaml").read_bytes()
+    original = (project / paths.PARAMS_FILE).read_bytes()
     yield project
-    (project / "params.yaml").write_bytes(original)
-    shutil.rmtree(project / "data" / "split", ignore_errors=True)
+    (project / paths.PARAMS_FILE).write_bytes(original)
+    shutil.rmtree(project / paths.SPLIT_DIR, ignore_errors=True)
 
 
 def split(repo: Path, folder: Path, **overrides) -> object:
@@ -54,12 +55,12 @@ def assert_refused(result, *fragments: str) -> str:
 
 
 def split_outputs(repo: Path) -> list[str]:
-    folder = repo / "data" / "split"
+    folder = repo / paths.SPLIT_DIR
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
 def read_report(repo: Path) -> dict:
-    return json.loads((repo / "data/split/report.json").read_text(encoding="utf-8"))
+    return json.loads((repo / paths.SPLIT_REPORT).read_text(encoding="utf-8"))
 
 
 @pytest.fixture
@@ -90,9 +91,9 @@ def test_folder_split_counts_skips_and_class_names(repo, photos):
     assert result.returncode == 0, result.stdout + result.stderr
     assert snapshot(photos) == before, "the user's folder is never written"
 
-    classes = json.loads((repo / "data/split/classes.json").read_text(encoding="utf-8"))
+    classes = json.loads((repo / paths.CLASSES).read_text(encoding="utf-8"))
     assert classes == ["big dog", "cat", "영"]
-    assert "영" in (repo / "data/split/classes.json").read_text(encoding="utf-8"), "UTF-8, not \\u"
+    assert "영" in (repo / paths.CLASSES).read_text(encoding="utf-8"), "UTF-8, not \\u"
 
     report = read_report(repo)
     assert report["classes"] == 3 and report["image_size"] == 32
@@ -116,12 +117,12 @@ def test_folder_split_counts_skips_and_class_names(repo, photos):
     assert report["skipped_files"]["empty_file"] == ["영/empty.png"]
 
     for name in SPLITS:
-        images = np.load(repo / f"data/split/{name}_images.npy", allow_pickle=False)
-        labels = np.load(repo / f"data/split/{name}_labels.npy", allow_pickle=False)
+        images = np.load(repo / paths.split_images(name), allow_pickle=False)
+        labels = np.load(repo / paths.split_labels(name), allow_pickle=False)
         assert images.shape == (report["images"][name], 32, 32, 3) and images.dtype == np.uint8
         assert np.bincount(labels, minlength=3).tolist() == list(report["per_class"][name].values())
         assert images.reshape(len(images), -1).max(axis=1).min() > 0, "no blank (skipped) rows"
-    with open(repo / "data/split/manifest.csv", encoding="utf-8", newline="") as f:
+    with open(repo / paths.MANIFEST, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 24
     assert {r["class"] for r in rows} == set(classes)
@@ -137,10 +138,10 @@ def test_folder_split_counts_skips_and_class_names(repo, photos):
 
 def test_split_is_reproducible_byte_for_byte(repo, photos):
     assert split(repo, photos).returncode == 0
-    first = {p.name: p.read_bytes() for p in (repo / "data/split").iterdir()}
-    shutil.rmtree(repo / "data/split")
+    first = {p.name: p.read_bytes() for p in (repo / paths.SPLIT_DIR).iterdir()}
+    shutil.rmtree(repo / paths.SPLIT_DIR)
     assert split(repo, photos).returncode == 0
-    assert {p.name: p.read_bytes() for p in (repo / "data/split").iterdir()} == first
+    assert {p.name: p.read_bytes() for p in (repo / paths.SPLIT_DIR).iterdir()} == first
 
 
 def test_digits_source_reports_zero_skips_for_every_reason(repo):

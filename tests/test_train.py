@@ -14,6 +14,7 @@ import yaml
 from conftest import REPO_ROOT
 
 from stages import train as train_stage
+from stages.common import paths
 from stages.common.params import ParamsError, validate
 from stages.common.tf import setup_keras
 
@@ -119,7 +120,7 @@ def test_build_head_accepts_a_train_dict_without_the_new_keys(keras) -> None:
 
 
 def project_params() -> dict:
-    return yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
+    return yaml.safe_load((REPO_ROOT / paths.PARAMS_FILE).read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize(
@@ -148,14 +149,14 @@ def test_train_stage_writes_a_head_that_loads_in_safe_mode(
     keras, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The stage itself, with smoothing, L2, cosine and early stopping all on."""
-    features = tmp_path / "data/features"
+    features = tmp_path / paths.FEATURES_DIR
     features.mkdir(parents=True)
     for split, n, seed in (("train", 96, 1), ("val", 48, 2)):
         x, y = blobs(n, seed=seed, noise=2.0)
-        np.save(features / f"{split}_features.npy", x)
-        np.save(features / f"{split}_labels.npy", y)
-    (tmp_path / "data/split").mkdir()
-    (tmp_path / "data/split/classes.json").write_text(json.dumps(["a", "b", "c"]))
+        np.save(tmp_path / paths.features(split), x)
+        np.save(tmp_path / paths.feature_labels(split), y)
+    (tmp_path / paths.SPLIT_DIR).mkdir()
+    (tmp_path / paths.CLASSES).write_text(json.dumps(["a", "b", "c"]))
     params = project_params()
     params["train"] = {
         **TRAIN,
@@ -166,17 +167,17 @@ def test_train_stage_writes_a_head_that_loads_in_safe_mode(
         "lr_schedule": "cosine",
         "patience": 2,
     }
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / paths.PARAMS_FILE).write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
 
     train_stage.main()
 
-    rows = read_log(tmp_path / "plots/train_log.csv")
+    rows = read_log(tmp_path / paths.TRAIN_LOG)
     assert 3 <= len(rows) < 60
     assert f"({len(rows)} of 60 epochs on 96 feature vectors)" in capsys.readouterr().out
     # The saved head is the best epoch's (by val loss), and loads in Keras' safe mode.
     best = min(rows, key=lambda row: float(row["val_loss"]))
-    head = keras.saving.load_model(tmp_path / "models/head.keras", safe_mode=True)
+    head = keras.saving.load_model(tmp_path / paths.HEAD, safe_mode=True)
     x_val, y_val = blobs(48, seed=2, noise=2.0)
     accuracy = np.mean(head.predict(x_val, verbose=0).argmax(1) == y_val)
     assert accuracy == pytest.approx(float(best["val_accuracy"]), abs=1e-6)

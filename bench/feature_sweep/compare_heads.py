@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.baselines import LOGREG_C, logreg, select_on_val
+from stages.common import paths
 from stages.common.params import load_params
 from stages.common.tf import setup_keras
 from stages.train import build_head, fit_head
@@ -64,7 +65,7 @@ def head_row(keras, data: dict, params: dict, log: Path) -> dict:
 def main() -> None:
     sets, heads, seeds, head_seeds = (json.loads(a) for a in sys.argv[1:5])
     root = Path(sys.argv[5])
-    head_defaults = load_params("train", path=ROOT / "params.yaml")["train"]
+    head_defaults = load_params("train", path=ROOT / paths.PARAMS_FILE)["train"]
     keras = setup_keras(42)
     for seed in seeds:
         folder = root / f"feat_{seed}"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stages.common import paths
 from stages.common.tf import setup_keras
 from stages.common.weights import load_resnet50
 from stages.extract import fold_batchnorm, global_pooling, make_forward, make_strategy
@@ -28,11 +29,11 @@ BATCH = 128
 
 def split_arrays(project: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """A split's uint8 images and labels; train = the training images, then augmented copies."""
-    images = [np.load(project / f"data/split/{split}_images.npy")]
-    labels = [np.load(project / f"data/split/{split}_labels.npy")]
+    images = [np.load(project / paths.split_images(split))]
+    labels = [np.load(project / paths.split_labels(split))]
     if split == "train":
-        images.append(np.load(project / "data/augmented/images.npy"))
-        labels.append(np.load(project / "data/augmented/labels.npy"))
+        images.append(np.load(project / paths.AUGMENTED_IMAGES))
+        labels.append(np.load(project / paths.AUGMENTED_LABELS))
     return np.concatenate(images), np.concatenate(labels)
 
 
@@ -41,7 +42,7 @@ def main() -> None:
     keras = setup_keras(42)
     import tensorflow as tf
 
-    size = np.load(project / "data/split/val_images.npy", mmap_mode="r").shape[1]
+    size = np.load(project / paths.split_images("val"), mmap_mode="r").shape[1]
     base, _ = load_resnet50("imagenet", size, 42)
     names, outputs = [], []
     for layer in LAYERS:
@@ -53,7 +54,7 @@ def main() -> None:
     out = root / f"feat_{tag}"
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    for split in ("train", "val", "test"):
+    for split in paths.SPLITS:
         images, labels = split_arrays(project, split)
         parts: list[list[np.ndarray]] = [[] for _ in names]
         for lo in range(0, len(images), BATCH):
@@ -63,7 +64,7 @@ def main() -> None:
             np.save(out / f"{name}_{split}.npy", np.concatenate(part))
         np.save(out / f"labels_{split}.npy", labels)
         print(split, len(images), f"{time.time() - start:.1f}s", flush=True)
-    n_train = len(np.load(project / "data/split/train_labels.npy"))
+    n_train = len(np.load(project / paths.split_labels("train")))
     np.save(out / "n_orig.npy", np.array(n_train))
 
 

@@ -164,10 +164,14 @@ def load_npm() -> MnistDigits:
 
 
 def load_keras() -> MnistDigits:
-    """Route 1: Keras' own ``mnist.load_data()``, train and test concatenated (70,000)."""
-    from stages.common.tf import setup_keras
+    """Route 1: Keras' own ``mnist.load_data()``, train and test concatenated (70,000).
 
-    keras = setup_keras()
+    Imports Keras (and TensorFlow) only here, for ``data.source: mnist``: split's other
+    sources stay free of it.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
     (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
     return MnistDigits(
         np.concatenate([x_train, x_test]).astype(np.uint8),

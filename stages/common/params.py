@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-PARAMS_FILE = Path("params.yaml")
+from stages.common.paths import PARAMS_FILE
 
 # ResNet50 layers whose output can be pooled and cached: the output of every residual
 # block, plus the stem. Listed here (not read from Keras) so validation needs no TensorFlow.

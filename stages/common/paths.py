@@ -1,0 +1,61 @@
+"""Every path the pipeline reads or writes, relative to the repository root (where stages run).
+
+The one place that spells them: stages, predict, bench, tools and tests import them from here,
+and ``tests/test_dvc_yaml.py`` checks that dvc.yaml declares what each stage reads and writes.
+Nothing here touches the disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PARAMS_FILE = Path("params.yaml")
+SPLITS = ("train", "val", "test")
+
+# split: the decoded images, one uint8 .npy per split, and what the split found.
+SPLIT_DIR = Path("data/split")
+CLASSES = SPLIT_DIR / "classes.json"
+MANIFEST = SPLIT_DIR / "manifest.csv"
+SPLIT_REPORT = SPLIT_DIR / "report.json"
+PREP = SPLIT_DIR / "prep.json"  # the ImagePrep used: predict prepares new images the same way
+
+# augment: the augmented copies of the training images.
+AUGMENTED_DIR = Path("data/augmented")
+AUGMENTED_IMAGES = AUGMENTED_DIR / "images.npy"
+AUGMENTED_LABELS = AUGMENTED_DIR / "labels.npy"
+
+# extract: pooled ResNet50 features per split, and which weights and layer made them.
+FEATURES_DIR = Path("data/features")
+FEATURES_INFO = FEATURES_DIR / "info.json"
+
+MODELS_DIR = Path("models")
+EXTRACTOR = MODELS_DIR / "feature_extractor.keras"  # extract
+HEAD = MODELS_DIR / "head.keras"  # train
+
+METRICS_DIR = Path("metrics")
+METRICS = METRICS_DIR / "metrics.json"  # evaluate
+PER_CLASS = METRICS_DIR / "per_class.json"  # evaluate
+BASELINES = METRICS_DIR / "baselines.json"  # baselines
+
+PLOTS_DIR = Path("plots")
+TRAIN_LOG = PLOTS_DIR / "train_log.csv"  # train
+PREDICTIONS = PLOTS_DIR / "predictions.csv"  # evaluate
+CONFUSION = PLOTS_DIR / "confusion.png"  # evaluate
+PREDICTION_GRID = PLOTS_DIR / "prediction_grid.png"  # evaluate
+MISCLASSIFIED = PLOTS_DIR / "misclassified.png"  # evaluate
+
+
+def split_images(split: str) -> Path:
+    return SPLIT_DIR / f"{split}_images.npy"
+
+
+def split_labels(split: str) -> Path:
+    return SPLIT_DIR / f"{split}_labels.npy"
+
+
+def features(split: str) -> Path:
+    return FEATURES_DIR / f"{split}_features.npy"
+
+
+def feature_labels(split: str) -> Path:
+    return FEATURES_DIR / f"{split}_labels.npy"
