@@ -149,6 +149,46 @@ def write_set(out: Path, per_class: int, seed: int, width: int, height: int) -> 
     return info
 
 
+def photo_files(folder: Path) -> list[Path]:
+    """The finished photos under ``folder`` (any depth), sorted; temporaries left out."""
+    return sorted(p for p in folder.rglob("*.jpg") if not p.name.startswith("."))
+
+
+def example_sheet(out: Path, picture: Path, count: int = 6) -> None:
+    """A PNG of ``count`` photos of ``out`` (one per class, upright), what the model sees of each
+    with the default preparation, and what it saw before (stretch, no crop, no normalisation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stages.common.images import ImagePrep, decode_image, decode_thumbnail
+
+    files = [photo_files(out / "photos" / str(d))[0] for d in range(count)]
+    rows = {
+        "photo (12 MP)": [decode_thumbnail(f, 240) for f in files],
+        "model input, defaults": [decode_image(f, ImagePrep()) for f in files],
+        "model input, before": [
+            decode_image(f, ImagePrep(fit="stretch", crop="none", normalise="none")) for f in files
+        ],
+    }
+    fig, axes = plt.subplots(3, count, figsize=(1.6 * count, 5.2), squeeze=False)
+    for r, (name, images) in enumerate(rows.items()):
+        for c, image in enumerate(images):
+            axes[r, c].imshow(image, interpolation="nearest" if r else "antialiased")
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+        axes[r, 0].set_ylabel(name, fontsize=9)
+    for c, f in enumerate(files):
+        with Image.open(f) as img:
+            orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+        axes[0, c].set_title(f"{f.parent.name} (EXIF {orientation})", fontsize=9)
+    fig.tight_layout()
+    picture.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(picture, dpi=80, metadata={"Software": None})
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
@@ -156,9 +196,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--width", type=int, default=3024)
     parser.add_argument("--height", type=int, default=4032)
+    parser.add_argument("--examples", type=Path, help="also draw example photos into this PNG")
     args = parser.parse_args()
     info = write_set(args.out, args.per_class, args.seed, args.width, args.height)
     print(f"wrote {info['digits']} photos and scans under {args.out}")
+    if args.examples:
+        example_sheet(args.out, args.examples)
+        print(f"wrote {args.examples}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.photo_data import write_set
+from bench.photo_data import photo_files, write_set
 from stages.common import paths
 from tools.scratch import copy_project, git_commit
 
@@ -89,7 +89,7 @@ def heldout_mnist(repo: Path, photo_set: Path) -> dict:
     extractor, head = load_pipeline(repo / paths.MODELS_DIR)
     scans = np.stack([prepare_image(Image.fromarray(255 - mnist.images[i]), prep) for i in rest])
     scan_right = int(np.sum(classify(extractor, head, scans).argmax(1) == mnist.labels[rest]))
-    photos = sorted((photo_set / "photos").glob("*/*.jpg"))
+    photos = photo_files(photo_set / "photos")
     held = [p for p in photos if int(p.stem.removeprefix("mnist")) not in used]
     images = np.stack([decode_image(p, prep) for p in held])
     labels = np.array([int(p.parent.name) for p in held])

@@ -143,8 +143,13 @@ def draw_gallery(
     title: str,
     path: Path,
     show_truth: bool,
+    originals: np.ndarray | None = None,
 ) -> None:
-    """A grid of images on black, each captioned with its prediction: yellow right, red wrong."""
+    """A grid of images on black, each captioned with its prediction: yellow right, red wrong.
+
+    Each tile is the image as the model saw it (after crop, normalisation and fit); with
+    ``originals``, the file as it was is inset small in its top-left corner.
+    """
     plt = _figure()
     n = max(len(images), 1)
     cols = min(10, n)
@@ -155,8 +160,15 @@ def draw_gallery(
     fig.patch.set_facecolor("black")
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, y, p in zip(axes.flat, images, labels, predicted, strict=False):
+    for i, (ax, image, y, p) in enumerate(zip(axes.flat, images, labels, predicted, strict=False)):
         ax.imshow(image)
+        if originals is not None:
+            inset = ax.inset_axes((0.0, 0.6, 0.4, 0.4))
+            inset.imshow(originals[i])
+            inset.set_xticks([])
+            inset.set_yticks([])
+            for spine in inset.spines.values():
+                spine.set_edgecolor("white")
         caption = f"{classes[y]}→{classes[p]}" if show_truth else classes[p]
         ax.set_title(
             caption, color=RIGHT if y == p else WRONG, fontsize=12, fontweight="bold", pad=2
@@ -208,6 +220,7 @@ def main() -> None:
     write_predictions(probs, labels, classes)
     draw_confusion(labels, predicted, classes)
     images = load_npy(paths.split_images("test"), mmap=True)
+    originals = load_npy(paths.TEST_ORIGINALS, mmap=True)
     order = np.random.default_rng(evaluate["seed"]).permutation(len(labels))[
         : evaluate["grid_size"]
     ]
@@ -220,6 +233,7 @@ def main() -> None:
         f"{grid_right} of {len(order)} test images right ({grid_right / len(order):.2%})",
         paths.PREDICTION_GRID,
         show_truth=False,
+        originals=originals[order],
     )
     misclassified = np.flatnonzero(labels != predicted)
     n_wrong = len(misclassified)
@@ -233,6 +247,7 @@ def main() -> None:
         + (f", first {MAX_GALLERY} shown" if len(wrong) == MAX_GALLERY else ""),
         paths.MISCLASSIFIED,
         show_truth=True,
+        originals=originals[wrong],
     )
     print(
         f"evaluate: test accuracy {metrics['test']['accuracy']:.4f} (val {metrics['val']['accuracy']:.4f}, "

@@ -9,7 +9,8 @@ later stages memory-map.
 
 Outputs (``data/split/``): ``{train,val,test}_images.npy``, ``{train,val,test}_labels.npy``,
 ``manifest.csv`` (where each image came from), ``classes.json``, ``report.json``, and
-``prep.json`` (the ``ImagePrep`` used, which predict applies to new images).
+``prep.json`` (the ``ImagePrep`` used, which predict applies to new images), and
+``test_originals.npy`` (each test image's file as it was, small, for evaluate's galleries).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from stages.common.images import (
     ImageError,
     ImagePrep,
     decode_image,
+    decode_thumbnail,
     prepare_image,
     scan_folder,
+    thumbnail,
 )
 from stages.common.io import npy_writer, save_npy, scratch_path, write_json, write_text
 from stages.common.params import load_params
@@ -43,6 +46,7 @@ WRITES = (paths.SPLIT_DIR,)
 
 
 DIGIT_CLASSES = [str(d) for d in range(10)]
+THUMBNAIL = 96  # side of the small originals shown beside what the model saw
 
 
 def load_digits_source() -> tuple[list[str], list, np.ndarray, list[str], str]:
@@ -65,6 +69,13 @@ def load_mnist_source() -> tuple[list[str], list, np.ndarray, list[str], str]:
     ink = 255 - mnist.images  # MNIST is white ink on black
     names = [f"mnist#{i}" for i in range(len(ink))]
     return DIGIT_CLASSES, list(ink), mnist.labels, names, f"{mnist.route}: {mnist.description}"
+
+
+def original_thumbnail(item) -> np.ndarray:
+    """A small view of a source item as it was, upright, for evaluate's galleries."""
+    if isinstance(item, np.ndarray):
+        return thumbnail(Image.fromarray(item, mode="L"), THUMBNAIL)
+    return decode_thumbnail(item, THUMBNAIL)
 
 
 def decode_item(item, prep: ImagePrep, notes: list[str]) -> np.ndarray:
@@ -244,6 +255,8 @@ def main() -> None:
                     out[start_row : start_row + 1024] = images[rows[start_row : start_row + 1024]]
             save_npy(paths.split_labels(name), labels[parts[name]])
         del images
+    test_items = [items[i] for i in np.asarray(good)[parts["test"]]]
+    save_npy(paths.TEST_ORIGINALS, np.stack([original_thumbnail(item) for item in test_items]))
     write_manifest(parts, labels, names, classes)
     write_json(paths.CLASSES, classes)
     write_json(paths.PREP, prep.as_dict())

@@ -17,10 +17,10 @@ from __future__ import annotations
 import math
 import unicodedata
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
@@ -41,6 +41,7 @@ STRAY_NAMES = {
     "system volume information",
     "@eadir",
 }
+T = TypeVar("T")
 # Refuse anything above this many pixels before decoding it (a 50-megapixel photo is fine).
 MAX_PIXELS = 64_000_000
 
@@ -339,22 +340,15 @@ def _open_checked(path: Path) -> Image.Image:
     return img
 
 
-def decode_image(path: str | Path, prep: ImagePrep, notes: list[str] | None = None) -> np.ndarray:
-    """Decode one image file to the model's ``(size, size, 3)`` uint8 RGB input.
-
-    The size is checked from the header before any pixel is decoded. JPEGs are decoded at a
-    reduced scale still large enough for ``prep`` (draft mode, several times faster), EXIF
-    orientation is applied, then ``prepare_image`` does the rest. Animated and multi-page
-    files give their first frame. Raises ImageError naming the file for anything that is not
-    a usable image.
-    """
+def _decode(path: str | Path, draft_side: int, convert: Callable[[Image.Image], T]) -> T:
+    """Open ``path`` safely, draft-decode at >= ``draft_side``, upright it, ``convert`` it."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with _open_checked(path) as img:
-                img.draft("RGB", (prep.draft_size, prep.draft_size))  # JPEG: reduced scale
-                return prepare_image(ImageOps.exif_transpose(img), prep, notes)
+                img.draft("RGB", (draft_side, draft_side))  # JPEG: decode at reduced scale
+                return convert(ImageOps.exif_transpose(img))
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -370,6 +364,32 @@ def decode_image(path: str | Path, prep: ImagePrep, notes: list[str] | None = No
             f"{path}: not a readable image ({type(err).__name__}: {err}). "
             "Delete it, re-export it, or move it out of the folder."
         ) from None
+
+
+def decode_image(path: str | Path, prep: ImagePrep, notes: list[str] | None = None) -> np.ndarray:
+    """Decode one image file to the model's ``(size, size, 3)`` uint8 RGB input.
+
+    The size is checked from the header before any pixel is decoded. JPEGs are decoded at a
+    reduced scale still large enough for ``prep`` (draft mode, several times faster), EXIF
+    orientation is applied, then ``prepare_image`` does the rest. Animated and multi-page
+    files give their first frame. Raises ImageError naming the file for anything that is not
+    a usable image.
+    """
+    return _decode(path, prep.draft_size, lambda img: prepare_image(img, prep, notes))
+
+
+def thumbnail(img: Image.Image, side: int) -> np.ndarray:
+    """The whole (upright) image, aspect kept, in a ``side`` square on black: uint8 RGB."""
+    rgb = _to_rgb(img)
+    rgb.thumbnail((side, side), Image.Resampling.BILINEAR)
+    square = Image.new("RGB", (side, side), (0, 0, 0))
+    square.paste(rgb, ((side - rgb.width) // 2, (side - rgb.height) // 2))
+    return np.asarray(square, dtype=np.uint8)
+
+
+def decode_thumbnail(path: str | Path, side: int) -> np.ndarray:
+    """``thumbnail`` of an image file, for showing the original beside what the model saw."""
+    return _decode(path, side, lambda img: thumbnail(img, side))
 
 
 def to_model_input(batch):
