@@ -240,7 +240,7 @@ def probe_epochs(repo: str, rounds: int, inloop_batches: int) -> dict:
     linearly to all training images. Each model runs one untimed epoch first (tracing).
     """
     from stages.common.tf import setup_keras
-    from stages.train import build_head, validation_dataset
+    from stages.train import build_head, one_hot, validation_dataset
 
     repo_path = Path(repo)
     train, augment = read_repo(repo_path)
@@ -255,6 +255,7 @@ def probe_epochs(repo: str, rounds: int, inloop_batches: int) -> dict:
     image_labels = load(paths.split_labels("train"))
     val_images = load(paths.split_images("val")).astype(np.float32)
     n_classes, batch = int(max(y.max(), yv.max())) + 1, train["batch_size"]
+    y, yv, image_labels = (one_hot(labels, n_classes) for labels in (y, yv, image_labels))
 
     def head(**compile_args):
         model = build_head(keras, x, n_classes, train)
@@ -315,7 +316,7 @@ def probe_precision(repo: str, precisions: list[str]) -> dict:
     that ``dvc repro`` cached, on the repo's original training images and its test images."""
     from stages import extract
     from stages.common.tf import setup_keras
-    from stages.train import build_head
+    from stages.train import build_head, one_hot
 
     repo_path = Path(repo)
     train, _ = read_repo(repo_path)
@@ -334,9 +335,14 @@ def probe_precision(repo: str, precisions: list[str]) -> dict:
 
     def accuracy(f_train: np.ndarray, f_test: np.ndarray) -> float:
         keras.utils.set_random_seed(train["seed"])
-        head = build_head(keras, f_train, int(y_train.max()) + 1, train)
+        n_classes = int(y_train.max()) + 1
+        head = build_head(keras, f_train, n_classes, train)
         head.fit(
-            f_train, y_train, epochs=train["epochs"], batch_size=train["batch_size"], verbose=0
+            f_train,
+            one_hot(y_train, n_classes),
+            epochs=train["epochs"],
+            batch_size=train["batch_size"],
+            verbose=0,
         )
         return float((head.predict(f_test, verbose=0).argmax(1) == y_test).mean())
 

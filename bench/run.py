@@ -12,7 +12,11 @@ What it measures, each in fresh processes (see bench/probes.py), on this machine
 * float32 vs mixed precision: speed, feature differences, head accuracy;
 * peak resident memory of the extract stage for 2,000 and 20,000 images.
 
-``--only`` runs some sections (for development; a full run is what results.md reports).
+Each section returns a ``Section``: its results, nested under its name in results.json, and
+its own rows of the results.md table. Stage times are what each stage records itself when it
+finishes (``run_stage`` -> ``stages.common.paths.STAGE_TIMES``: its main(), TensorFlow's import
+included where main() does it), not parsed from log text. ``--only`` runs some sections (for
+development; a full run is what results.md reports).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +42,14 @@ import yaml
 
 from bench.probes import RESULT_PREFIX
 from stages.common import paths
-from tools.scratch import copy_project, git_commit
+from tools.scratch import command_env, scratch_repo, write_params
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_JSON = ROOT / "bench" / "results.json"
 RESULTS_MD = ROOT / "bench" / "results.md"
-BIN = Path(sys.executable).parent
 FULL_PARAMS = {"extract.weights": "imagenet"}  # the default a user runs; random is for tests
 HEAD_ONLY_CHANGE = {"train.seed": 43}  # a train.* change: train and evaluate run again
+Row = tuple[str, str, str]  # figure, value, notes: one line of results.md's table
 
 
 @dataclass
@@ -58,21 +62,21 @@ class Done:
     peak_rss_mb: float
 
 
-def command_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(ROOT)
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    env["DVC_NO_ANALYTICS"] = "1"
-    return env
+@dataclass
+class Section:
+    """What one section measured (nested, as results.json keeps it) and its rows of the table."""
+
+    results: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
 
 
 def run(cmd: Sequence[str], cwd: Path = ROOT, check: bool = True) -> Done:
     """Run ``cmd``; its own peak RSS comes from wait4 (this child only, not earlier ones)."""
+    env = command_env({"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"})
     with tempfile.TemporaryFile() as log:
         start = time.perf_counter()
         process = subprocess.Popen(
-            list(cmd), cwd=cwd, env=command_env(), stdout=log, stderr=subprocess.STDOUT
+            list(cmd), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
         )
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - start
@@ -91,6 +95,16 @@ def probe(name: str, cwd: Path = ROOT, **kwargs: Any) -> dict[str, Any]:
         raise RuntimeError(f"probe {name} printed no result:\n{done.output[-4000:]}")
     print(f"  {name} {kwargs}: {done.seconds:.0f}s", flush=True)
     return json.loads(lines[-1].removeprefix(RESULT_PREFIX))
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def project_params(section: str) -> dict[str, Any]:
+    return yaml.safe_load((ROOT / paths.PARAMS_FILE).read_text(encoding="utf-8"))[section]
 
 
 # --- Machine ---------------------------------------------------------------------------------
@@ -144,101 +158,126 @@ def machine() -> dict[str, Any]:
     }
 
 
-# --- Scratch repository ----------------------------------------------------------------------
-
-
-def set_params(repo: Path, overrides: dict[str, Any]) -> dict[str, Any]:
-    path = repo / paths.PARAMS_FILE
-    params = yaml.safe_load(path.read_text(encoding="utf-8"))
-    for dotted, value in overrides.items():
-        section, key = dotted.split(".")
-        params[section][key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    return params
-
-
-def scratch_repo(dest: Path) -> Path:
-    """A committed git copy of the working tree (no outputs, no DVC cache) with FULL_PARAMS."""
-    copy_project(dest, ROOT, keep=lambda rel: not rel.startswith("bench/results"))
-    set_params(dest, FULL_PARAMS)
-    git_commit(dest, "bench", init=True, name="bench")
-    return dest
-
-
-def stage_seconds(output: str) -> dict[str, float]:
-    """Each stage's own reported time ("<stage>: wrote ... in 12.3s"): its work, not its imports."""
-    ran = set(stages_run(output))
-    found = re.findall(r"^(\w+): .* in ([0-9.]+)s\b", output, flags=re.M)
-    return {stage: float(s) for stage, s in found if stage in ran}
+# --- dvc repro with the stages' own timing records --------------------------------------------
 
 
 def stages_run(output: str) -> list[str]:
+    """The stages DVC says it ran, in order (its own "Running stage 'x'" lines)."""
     return re.findall(r"Running stage '(\w+)'", output)
 
 
-# --- Sections --------------------------------------------------------------------------------
+def repro(repo: Path) -> tuple[Done, dict[str, float]]:
+    """``dvc repro`` in ``repo``; and each stage's main() seconds, from the records it wrote.
+
+    ``run_stage`` appends one record per stage that finished to ``paths.STAGE_TIMES``; the ones
+    after the file's size before this run are this run's.
+    """
+    times = repo / paths.STAGE_TIMES
+    before = times.stat().st_size if times.exists() else 0
+    done = run(["dvc", "repro"], repo)
+    with open(times, "rb") as f:
+        f.seek(before)
+        records = [json.loads(line) for line in f.read().decode("utf-8").splitlines()]
+    return done, {r["stage"]: r["seconds"] for r in records}
 
 
-def bench_import(results: dict, repo: Path | None) -> None:
+# --- Sections: each returns its nested results and its own rows --------------------------------
+
+
+def bench_import(repo: Path | None) -> Section:
     times = [probe("import")["import_s"] for _ in range(3)]
-    results["import_s"] = min(times)
-    results["import_s_runs"] = times
+    result = {"seconds": min(times), "runs": times}
+    row = (
+        "`import tensorflow` (s, best of 3 fresh processes)",
+        fmt(min(times)),
+        "floor of every TF stage",
+    )
+    return Section(result, [row])
 
 
-def bench_extract(results: dict, repo: Path | None) -> None:
-    batch_size = yaml.safe_load((ROOT / paths.PARAMS_FILE).read_text())["extract"]["batch_size"]
-    plans = {
-        32: {"images": 256, "reps": 5, "batch_sizes": [], "precisions": []},
-        64: {
-            "images": 256,
-            "reps": 5,
-            "batch_sizes": [bs for bs in (64, 128, 256) if bs != batch_size],
-            "precisions": ["mixed_float16", "mixed_bfloat16"],
-        },
-        224: {"images": 32, "reps": 5, "batch_sizes": [], "precisions": []},
+EXTRACT_PLANS = {
+    32: {"images": 256, "reps": 5, "batch_sizes": [], "precisions": []},
+    64: {
+        "images": 256,
+        "reps": 5,
+        "batch_sizes": [64, 128, 256],
+        "precisions": ["mixed_float16", "mixed_bfloat16"],
+    },
+    224: {"images": 32, "reps": 5, "batch_sizes": [], "precisions": []},
+}
+
+
+def extract_size(size: int, batch_size: int) -> dict[str, Any]:
+    """One image size: the stage's path vs ``model.predict``, next to the matmul limit."""
+    plan = EXTRACT_PLANS[size]
+    plan = {**plan, "batch_sizes": [bs for bs in plan["batch_sizes"] if bs != batch_size]}
+    r = probe("extract_speed", size=size, batch_size=batch_size, **plan)
+    by_batch = {int(k): v for k, v in r["batch_sweep"].items()}
+    return {
+        "images_per_s": r["project_images_per_s"],
+        "predict_images_per_s": r["predict_images_per_s"],
+        "speedup_vs_predict": r["project_images_per_s"] / r["predict_images_per_s"],
+        "fraction_of_limit": r["fraction_of_limit"],
+        "predict_fraction_of_limit": r["predict_fraction_of_limit"],
+        "resnet50_gflops_per_image": r["flops_per_image"] / 1e9,
+        "sgemm_gflops": r["sgemm_gflops"],
+        "layer": r["layer"],
+        "by_batch": dict(sorted((by_batch | {batch_size: r["project_images_per_s"]}).items()))
+        if by_batch
+        else {},
+        "by_precision": r["precision_images_per_s"],
     }
-    for size, plan in plans.items():
-        r = probe("extract_speed", size=size, batch_size=batch_size, **plan)
-        results[f"extract_images_per_s_{size}"] = r["project_images_per_s"]
-        results[f"predict_images_per_s_{size}"] = r["predict_images_per_s"]
-        results[f"extract_speedup_vs_predict_{size}"] = (
-            r["project_images_per_s"] / r["predict_images_per_s"]
+
+
+def extract_rows(result: dict[str, Any]) -> list[Row]:
+    sizes = result["sizes"]
+    rows = [
+        (
+            f"extract, {size} px (images/s)",
+            fmt(r["images_per_s"]),
+            f"plain `model.predict`: {fmt(r['predict_images_per_s'])}; x{fmt(r['speedup_vs_predict'])}",
         )
-        results[f"extract_fraction_of_limit_{size}"] = r["fraction_of_limit"]
-        results[f"predict_fraction_of_limit_{size}"] = r["predict_fraction_of_limit"]
-        results[f"resnet50_gflops_per_image_{size}"] = r["flops_per_image"] / 1e9
-        results[f"sgemm_gflops_{size}"] = r["sgemm_gflops"]
-        if r["batch_sweep"]:
-            sweep = {int(k): v for k, v in r["batch_sweep"].items()} | {
-                batch_size: r["project_images_per_s"]
-            }
-            results[f"extract_images_per_s_{size}_by_batch"] = dict(sorted(sweep.items()))
-        for precision, speed in r["precision_images_per_s"].items():
-            results[f"extract_images_per_s_{size}_{precision}"] = speed
-    results["extract_batch_size"] = batch_size
-    results["extract_layer"] = r["layer"]
-    results["sgemm_gflops"] = max(results[f"sgemm_gflops_{s}"] for s in plans)
+        for size, r in sizes.items()
+    ]
+    rows.append(("float32 matmul 2048² (GFLOP/s, best)", fmt(result["sgemm_gflops"]), "the limit"))
+    rows += [
+        (
+            f"extract_fraction_of_limit, {size} px",
+            fmt(r["fraction_of_limit"]),
+            f"{fmt(r['resnet50_gflops_per_image'])} GFLOP/image up to {r['layer']}; "
+            f"predict: {fmt(r['predict_fraction_of_limit'])}"
+            + ("; target ≥ 0.6" if size == 64 else ""),
+        )
+        for size, r in sizes.items()
+    ]
+    for size, r in sizes.items():
+        if r["by_batch"]:
+            sweep = ", ".join(f"{bs}: {fmt(v)}" for bs, v in r["by_batch"].items())
+            rows.append((f"extract {size} px by batch size (images/s)", sweep, ""))
+        for precision, speed in r["by_precision"].items():
+            note = f"x{fmt(speed / r['images_per_s'])} vs float32"
+            rows.append((f"extract.precision: {precision}, {size} px (images/s)", fmt(speed), note))
+    return rows
 
 
-def bench_repro(results: dict, repo: Path) -> None:
-    full = run(["dvc", "repro"], repo)
-    results["full_repro_s"] = full.seconds
-    results["full_repro_stage_s"] = stage_seconds(full.output)
-    results["full_repro_params"] = FULL_PARAMS
-    noop = run(["dvc", "repro"], repo)
-    results["noop_repro_s"] = noop.seconds
-    set_params(repo, HEAD_ONLY_CHANGE)
-    head_only = run(["dvc", "repro"], repo)
-    results["headonly_repro_s"] = head_only.seconds
-    results["headonly_repro_stages"] = stages_run(head_only.output)
-    results["headonly_repro_stage_s"] = stage_seconds(head_only.output)
+def bench_extract(repo: Path | None) -> Section:
+    batch_size = project_params("extract")["batch_size"]
+    sizes = {size: extract_size(size, batch_size) for size in EXTRACT_PLANS}
+    result = {
+        "batch_size": batch_size,
+        "sgemm_gflops": max(r["sgemm_gflops"] for r in sizes.values()),
+        "sizes": sizes,
+    }
+    return Section(result, extract_rows(result))
+
+
+def bench_repro(repo: Path) -> Section:
+    full, full_stages = repro(repo)
+    noop, _ = repro(repo)
+    write_params(repo, HEAD_ONLY_CHANGE)
+    head_only, head_only_stages = repro(repo)
     ran = re.search(r"\((\d+) of \d+ epochs", head_only.output)
-    if ran:  # early stopping may end training before train.epochs
-        results["headonly_train_epochs_run"] = int(ran.group(1))
-    results["headonly_change"] = HEAD_ONLY_CHANGE
-    metrics = json.loads((repo / paths.METRICS).read_text())
-    results["test_accuracy_imagenet"] = metrics["test"]["accuracy"]
-    check = run(
+    split = run(
         [
             sys.executable,
             "-c",
@@ -247,31 +286,103 @@ def bench_repro(results: dict, repo: Path) -> None:
         ],
         repo,
     )
-    results["split_s"] = check.seconds
-    results["split_imports_tensorflow"] = "TF_LOADED False False" not in check.output
+    result = {
+        "params": FULL_PARAMS,
+        "full": {"seconds": full.seconds, "stage_seconds": full_stages},
+        "noop": {"seconds": noop.seconds},
+        "head_only": {
+            "change": HEAD_ONLY_CHANGE,
+            "seconds": head_only.seconds,
+            "stages": stages_run(head_only.output),
+            "stage_seconds": head_only_stages,
+            # early stopping may end training before train.epochs
+            "train_epochs_run": int(ran.group(1)) if ran else project_params("train")["epochs"],
+        },
+        "test_accuracy_imagenet": json.loads((repo / paths.METRICS).read_text())["test"][
+            "accuracy"
+        ],
+        "split": {
+            "seconds": split.seconds,
+            "imports_tensorflow": "TF_LOADED False False" not in split.output,
+        },
+    }
+    stages = ", ".join(f"{k} {v:.0f}" for k, v in full_stages.items())
+    h = result["head_only"]
+    rows = [
+        ("full `dvc repro`, default params, ImageNet (s)", fmt(full.seconds), "target < 300"),
+        ("  of which each stage's main() (s)", stages, "rest: Python and library imports, DVC"),
+        ("`dvc repro` with nothing to do (s)", fmt(noop.seconds), ""),
+        (
+            "`dvc repro` after a `train.*` change (s)",
+            fmt(head_only.seconds),
+            f"runs {' + '.join(h['stages'])}; {h['train_epochs_run']} epochs",
+        ),
+        ("split imports TensorFlow", fmt(result["split"]["imports_tensorflow"]), "must be False"),
+    ]
+    return Section(result, rows)
 
 
-def bench_epochs(results: dict, repo: Path) -> None:
+def bench_epochs(repo: Path) -> Section:
     """Head epochs and the seed's in-loop epochs, interleaved in one process."""
     r = probe("epochs", repo=str(repo), rounds=3, inloop_batches=2)
-    results["head_train_images"] = r["train_images"]
-    results["head_epoch_s"] = r["head"]["epoch_s"]
-    results["head_train_s"] = r["head"]["train_s"]
-    results["head_epoch_s_variants"] = {
-        "default": r["head"]["epoch_s"],
-        "steps_per_execution_32": r["head_steps_per_execution_32"]["epoch_s"],
-        "batch_1024": r["head_batch_1024"]["epoch_s"],
+    head, inloop = r["head"], r["inloop"]
+    per_image_inloop = inloop["train_s"] / r["inloop_train_images"]
+    per_image_head = head["train_s"] / r["train_images"]
+    result = {
+        "head": {**head, "train_images": r["train_images"]},
+        "head_variants": {
+            "steps_per_execution_32": r["head_steps_per_execution_32"]["epoch_s"],
+            "batch_1024": r["head_batch_1024"]["epoch_s"],
+        },
+        "inloop": {
+            **inloop,
+            "train_images": r["inloop_train_images"],
+            "timed_images": r["inloop_timed_images"],
+            "epochs_timed": r["rounds"],
+        },
+        "head_speedup": per_image_inloop / per_image_head,
+        "head_speedup_per_epoch": inloop["epoch_s"] / head["epoch_s"],
     }
-    results["inloop_train_images"] = r["inloop_train_images"]
-    results["inloop_timed_images"] = r["inloop_timed_images"]
-    results["inloop_epochs_timed"] = r["rounds"]
-    results["inloop_epoch_s"] = r["inloop"]["epoch_s"]
-    results["inloop_train_s"] = r["inloop"]["train_s"]
+    v = result["head_variants"]
+    rows = [
+        (
+            "head: one epoch on cached features (s)",
+            fmt(head["epoch_s"]),
+            "as stages/train.py fits it",
+        ),
+        (
+            "  same head, other fit settings (s)",
+            f"steps_per_execution=32: {fmt(v['steps_per_execution_32'])}; "
+            f"batch_size 1024: {fmt(v['batch_1024'])}",
+            "not the default (stages/train.py)",
+        ),
+        (
+            "seed's method: one epoch, ResNet50 in the loop (s)",
+            fmt(inloop["epoch_s"]),
+            f"training part timed on {r['inloop_timed_images']} of "
+            f"{r['inloop_train_images']} images, scaled",
+        ),
+        ("head_speedup (per training image seen)", fmt(result["head_speedup"]), "target ≥ 200"),
+        ("  per epoch as each method defines it", fmt(result["head_speedup_per_epoch"]), ""),
+    ]
+    return Section(result, rows)
 
 
-def bench_precision(results: dict, repo: Path) -> None:
+def bench_precision(repo: Path) -> Section:
     """mixed precision vs float32 at 64 px: feature differences and head accuracy."""
-    results["precision_64"] = probe("precision", repo=str(repo), precisions=["mixed_bfloat16"])
+    result = probe("precision", repo=str(repo), precisions=["mixed_bfloat16"])
+    rows = [
+        (
+            f"extract.precision: {p}, 64 px: features and accuracy",
+            f"head test accuracy {fmt(r['test_accuracy'])} "
+            f"(float32: {fmt(result['float32']['test_accuracy'])})",
+            f"features: max diff / max {fmt(r['max_abs_diff_over_max'])}, "
+            f"mean diff / mean {fmt(r['mean_abs_diff_over_mean'])}",
+        )
+        for p, r in result.items()
+        if p != "float32"
+    ]
+    return Section(result, rows)
 
 
 def write_synthetic_split(folder: Path, n: int, size: int) -> None:
@@ -291,24 +402,39 @@ def write_synthetic_split(folder: Path, n: int, size: int) -> None:
     save_npy(folder / paths.AUGMENTED_LABELS, np.zeros(0, np.int32))
 
 
-def bench_rss(results: dict, repo: Path | None) -> None:
+def bench_rss(repo: Path | None, counts: Sequence[int] = (2_000, 20_000)) -> Section:
     size = 32
-    for n in (2_000, 20_000):
+    runs = {}
+    for n in counts:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             write_synthetic_split(folder, n, size)
             shutil.copy(ROOT / paths.PARAMS_FILE, folder / paths.PARAMS_FILE)
-            set_params(folder, {"extract.weights": "random"})
+            write_params(folder, {"extract.weights": "random"})
             done = run([sys.executable, "-m", "stages.extract"], folder)
-        results[f"extract_peak_rss_mb_{n}"] = done.peak_rss_mb
-        results[f"extract_stage_s_{n}"] = done.seconds
+        runs[n] = {"peak_rss_mb": done.peak_rss_mb, "seconds": done.seconds}
         print(f"  extract stage, {n} images at {size} px: {done.seconds:.0f}s", flush=True)
-    results["extract_rss_growth_20000_vs_2000"] = (
-        results["extract_peak_rss_mb_20000"] / results["extract_peak_rss_mb_2000"] - 1
+    small, large = runs[min(counts)], runs[max(counts)]
+    result = {
+        "image_size": size,
+        "runs": runs,
+        "growth": large["peak_rss_mb"] / small["peak_rss_mb"] - 1,
+    }
+    rows = [
+        (f"extract stage peak RSS, {n:,} images at {size} px (MB)", fmt(r["peak_rss_mb"]), "")
+        for n, r in runs.items()
+    ]
+    rows.append(
+        (
+            f"  growth {min(counts):,} -> {max(counts):,} images",
+            fmt(result["growth"]),
+            "target ≤ 0.10",
+        )
     )
+    return Section(result, rows)
 
 
-SECTIONS: dict[str, Callable[[dict, Any], None]] = {
+SECTIONS: dict[str, Callable[[Any], Section]] = {
     "import": bench_import,
     "extract": bench_extract,
     "repro": bench_repro,
@@ -319,118 +445,28 @@ SECTIONS: dict[str, Callable[[dict, Any], None]] = {
 NEEDS_REPO = {"repro", "epochs", "precision"}
 
 
-def derive(results: dict) -> None:
-    """The ratios, defined once here (see results.md for the words)."""
-    if "head_train_s" in results and "inloop_train_s" in results:
-        per_image_inloop = results["inloop_train_s"] / results["inloop_train_images"]
-        per_image_head = results["head_train_s"] / results["head_train_images"]
-        results["head_speedup"] = per_image_inloop / per_image_head
-        results["head_speedup_per_epoch"] = results["inloop_epoch_s"] / results["head_epoch_s"]
-    if "inloop_epoch_s" in results and "headonly_repro_s" in results:
-        epochs = (
-            results.get("headonly_train_epochs_run")
-            or yaml.safe_load((ROOT / paths.PARAMS_FILE).read_text())["train"]["epochs"]
-        )
-        results["train_epochs"] = epochs
-        results["inloop_retrain_s"] = results["inloop_epoch_s"] * epochs
-        results["iteration_speedup"] = results["inloop_retrain_s"] / results["headonly_repro_s"]
+def derived(results: dict[str, Any]) -> Section:
+    """What needs two sections: retraining the seed's way vs ``dvc repro`` after a train change."""
+    if "epochs" not in results or "repro" not in results:
+        return Section({})
+    epochs = results["repro"]["head_only"]["train_epochs_run"]
+    inloop_retrain_s = results["epochs"]["inloop"]["epoch_s"] * epochs
+    speedup = inloop_retrain_s / results["repro"]["head_only"]["seconds"]
+    result = {
+        "train_epochs": epochs,
+        "inloop_retrain_s": inloop_retrain_s,
+        "iteration_speedup": speedup,
+    }
+    return Section(result, [("iteration_speedup", fmt(speedup), "target ≥ 100")])
 
 
-# --- Report ----------------------------------------------------------------------------------
-
-
-def fmt(value: Any, digits: int = 3) -> str:
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
-    return str(value)
-
-
-def markdown(results: dict) -> str:
-    m = results["machine"]
-    rows: list[tuple[str, str, str]] = []
-
-    def row(key: str, label: str, note: str = "", digits: int = 3) -> None:
-        if key in results:
-            rows.append((label, fmt(results[key], digits), note))
-
-    row("import_s", "`import tensorflow` (s, best of 3 fresh processes)", "floor of every TF stage")
-    for size in (32, 64, 224):
-        row(
-            f"extract_images_per_s_{size}",
-            f"extract, {size} px (images/s)",
-            f"plain `model.predict`: {fmt(results.get(f'predict_images_per_s_{size}'))}; "
-            f"x{fmt(results.get(f'extract_speedup_vs_predict_{size}'))}",
-        )
-    row("sgemm_gflops", "float32 matmul 2048² (GFLOP/s, best)", "the limit")
-    for size in (32, 64, 224):
-        row(
-            f"extract_fraction_of_limit_{size}",
-            f"extract_fraction_of_limit, {size} px",
-            f"{fmt(results.get(f'resnet50_gflops_per_image_{size}'))} GFLOP/image up to "
-            f"{results.get('extract_layer')}; "
-            f"predict: {fmt(results.get(f'predict_fraction_of_limit_{size}'))}"
-            + ("; target ≥ 0.6" if size == 64 else ""),
-        )
-    if "extract_images_per_s_64_by_batch" in results:
-        sweep = ", ".join(
-            f"{bs}: {fmt(v)}" for bs, v in results["extract_images_per_s_64_by_batch"].items()
-        )
-        rows.append(("extract 64 px by batch size (images/s)", sweep, ""))
-    precision = results.get("precision_64", {})
-    for p in ("mixed_float16", "mixed_bfloat16"):
-        speed = results.get(f"extract_images_per_s_64_{p}")
-        if speed is None:
-            continue
-        note = f"x{fmt(speed / results['extract_images_per_s_64'])} vs float32"
-        if p in precision:
-            r = precision[p]
-            note += (
-                f"; features: max diff / max {fmt(r['max_abs_diff_over_max'])}, mean diff / mean "
-                f"{fmt(r['mean_abs_diff_over_mean'])}; head test accuracy "
-                f"{fmt(r['test_accuracy'])} (float32: {fmt(precision['float32']['test_accuracy'])})"
-            )
-        rows.append((f"extract.precision: {p}, 64 px (images/s)", fmt(speed), note))
-    row("full_repro_s", "full `dvc repro`, default params, ImageNet (s)", "target < 300")
-    if "full_repro_stage_s" in results:
-        stages = ", ".join(f"{k} {v:.0f}" for k, v in results["full_repro_stage_s"].items())
-        rows.append(("  of which each stage's own work (s)", stages, "rest: imports, DVC"))
-    row("noop_repro_s", "`dvc repro` with nothing to do (s)")
-    row(
-        "headonly_repro_s",
-        "`dvc repro` after a `train.*` change (s)",
-        f"runs {' + '.join(results.get('headonly_repro_stages', []))}; "
-        f"{results.get('train_epochs')} epochs",
-    )
-    row("head_epoch_s", "head: one epoch on cached features (s)", "as stages/train.py fits it")
-    if "head_epoch_s_variants" in results:
-        v = results["head_epoch_s_variants"]
-        rows.append(
-            (
-                "  same head, other fit settings (s)",
-                f"steps_per_execution=32: {fmt(v['steps_per_execution_32'])}; "
-                f"batch_size 1024: {fmt(v['batch_1024'])}",
-                "not the default (stages/train.py)",
-            )
-        )
-    row(
-        "inloop_epoch_s",
-        "seed's method: one epoch, ResNet50 in the loop (s)",
-        f"training part timed on {results.get('inloop_timed_images')} of "
-        f"{results.get('inloop_train_images')} images, scaled",
-    )
-    row("head_speedup", "head_speedup (per training image seen)", "target ≥ 200")
-    row("head_speedup_per_epoch", "  per epoch as each method defines it")
-    row("iteration_speedup", "iteration_speedup", "target ≥ 100")
-    row("extract_peak_rss_mb_2000", "extract stage peak RSS, 2,000 images at 32 px (MB)")
-    row("extract_peak_rss_mb_20000", "extract stage peak RSS, 20,000 images at 32 px (MB)")
-    row("extract_rss_growth_20000_vs_2000", "  growth 2,000 -> 20,000 images", "target ≤ 0.10")
-    row("split_imports_tensorflow", "split imports TensorFlow", "must be False")
-
+def markdown(machine: dict[str, Any], rows: list[Row], extra: dict[str, Any]) -> str:
+    m = machine
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
         f"{m['gpus']} GPU; TensorFlow {m['tensorflow']}, Keras {m['keras']}, "
         f"Python {m['python']}; {m['date']}; load average {m['load_average_start']} at start, "
-        f"{results.get('load_average_end')} at end; {results.get('bench_s', 0):.0f} s in all.",
+        f"{extra.get('load_average_end')} at end; {extra.get('bench_s', 0):.0f} s in all.",
         "",
         "| figure | value | notes |",
         "| --- | --- | --- |",
@@ -445,22 +481,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run these sections")
     parser.add_argument("--repo", type=Path, help="reuse a scratch repo where `dvc repro` ran")
     args = parser.parse_args(argv)
-    sections = args.only or list(SECTIONS)
+    names = args.only or list(SECTIONS)
     start = time.perf_counter()
     results: dict[str, Any] = {"machine": machine()}
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         repo = args.repo
-        if repo is None and NEEDS_REPO & set(sections):
-            repo = scratch_repo(Path(tmp))
-            if "repro" not in sections:
+        if repo is None and NEEDS_REPO & set(names):
+            keep = lambda rel: not rel.startswith("bench/results")  # noqa: E731
+            repo = scratch_repo(Path(tmp), FULL_PARAMS, root=ROOT, keep=keep, name="bench")
+            if "repro" not in names:
                 run(["dvc", "repro"], repo)
-        for name in sections:
+        for name in names:
             print(f"{name}:", flush=True)
-            SECTIONS[name](results, repo)
-    derive(results)
+            section = SECTIONS[name](repo)
+            results[name] = section.results
+            rows += section.rows
+    section = derived(results)
+    if section.results:
+        results["derived"] = section.results
+        rows += section.rows
     results["load_average_end"] = round(os.getloadavg()[0], 2)
     results["bench_s"] = time.perf_counter() - start
+    text = markdown(results["machine"], rows, results)
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    RESULTS_MD.write_text(markdown(results), encoding="utf-8")
-    print(markdown(results))
+    RESULTS_MD.write_text(text, encoding="utf-8")
+    print(text)
     print(f"wrote {RESULTS_JSON.relative_to(ROOT)} and {RESULTS_MD.relative_to(ROOT)}")

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import time
-from pathlib import Path
 
 import numpy as np
 
 from stages.common import paths
 from stages.common.errors import run_stage
-from stages.common.io import atomic_path, load_npy, read_json, write_json, write_text
+from stages.common.io import load_npy, read_json, write_json, write_text
 from stages.common.params import load_params
+from stages.common.plots import draw_confusion, draw_gallery
 from stages.common.tf import setup_keras
 
 SPLITS = paths.SPLITS
@@ -39,7 +38,9 @@ WRITES = (
     paths.MISCLASSIFIED,
 )
 MAX_GALLERY = 200
-RIGHT, WRONG = "#ffd60a", "#ff3b30"  # the seed's captions: yellow when right, red when wrong
+
+
+Predictions = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (probabilities, labels)
 
 
 def predict_split(head, split: str, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -47,6 +48,11 @@ def predict_split(head, split: str, rows: int | None = None) -> tuple[np.ndarray
     features = load_npy(paths.features(split), mmap=True)[:rows]
     labels = load_npy(paths.feature_labels(split))[:rows]
     return head.predict(np.asarray(features), batch_size=1024, verbose=0), labels
+
+
+def predict_splits(head, n_train: int) -> Predictions:
+    """Every split's predictions; train on the original images only, not their augmented copies."""
+    return {s: predict_split(head, s, rows=n_train if s == "train" else None) for s in SPLITS}
 
 
 def split_scores(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> dict[str, float]:
@@ -79,6 +85,31 @@ def test_report(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> tu
     return {k.replace("-score", ""): v for k, v in summary.items()}, per_class
 
 
+def score(
+    predictions: Predictions, classes: list[str], split_report: dict, info: dict
+) -> tuple[dict, dict]:
+    """metrics.json (scores per split, image counts, which features) and per_class.json."""
+    metrics: dict = {s: split_scores(*predictions[s], len(classes)) for s in SPLITS}
+    macro, per_class = test_report(*predictions["test"], classes)
+    metrics["test"].update(macro)
+    n_train = split_report["images"]["train"]
+    metrics["images"] = {
+        **split_report["images"],
+        "train_augmented": info["images"]["train"] - n_train,
+        "skipped": sum(split_report["skipped"].values()),
+        "noted": sum(split_report["notes"].values()),
+    }
+    metrics["features"] = {
+        "weights": info["weights"]["spec"],
+        "weights_source": info["weights"]["source"],
+        "weights_sha256": info["weights"]["sha256"],
+        "layer": info["layer"],
+        "pooling": info["pooling"],
+        "image_size": info["image_size"],
+    }
+    return metrics, per_class
+
+
 def write_predictions(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> None:
     """plots/predictions.csv: one row per test image, for DVC's confusion templates and predict."""
     sources = [row["source"] for row in _manifest() if row["split"] == "test"]
@@ -95,130 +126,12 @@ def _manifest() -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _save_figure(fig, path: Path) -> None:
-    """Save a matplotlib figure atomically, without metadata that would change between runs."""
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, metadata={"Software": None}, facecolor=fig.get_facecolor())
-    plt.close(fig)
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def draw_confusion(labels: np.ndarray, predicted: np.ndarray, classes: list[str]) -> None:
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    plt = _figure()
-    side = max(5.0, 0.5 * len(classes) + 2)
-    fig, ax = plt.subplots(figsize=(side, side))
-    ConfusionMatrixDisplay.from_predictions(
-        labels,
-        predicted,
-        labels=list(range(len(classes))),
-        display_labels=classes,
-        cmap="Blues",
-        colorbar=False,
-        ax=ax,
-        xticks_rotation="vertical" if max(map(len, classes)) > 3 else "horizontal",
-    )
-    accuracy = float(np.mean(labels == predicted))
-    ax.set_title(f"Test confusion matrix: {accuracy:.2%} of {len(labels)} images")
-    fig.tight_layout()
-    _save_figure(fig, paths.CONFUSION)
-
-
-def draw_gallery(
-    images: np.ndarray,
-    labels: np.ndarray,
-    predicted: np.ndarray,
-    classes: list[str],
-    title: str,
-    path: Path,
-    show_truth: bool,
-    originals: np.ndarray | None = None,
+def draw_test_figures(
+    probs: np.ndarray, labels: np.ndarray, classes: list[str], evaluate: dict
 ) -> None:
-    """A grid of images on black, each captioned with its prediction: yellow right, red wrong.
-
-    Each tile is the image as the model saw it (after crop, normalisation and fit); with
-    ``originals``, the file as it was is inset small in its top-left corner.
-    """
-    plt = _figure()
-    n = max(len(images), 1)
-    cols = min(10, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(max(1.3 * cols, 6.0), 1.45 * rows + 0.6), squeeze=False
-    )
-    fig.patch.set_facecolor("black")
-    for ax in axes.flat:
-        ax.axis("off")
-    for i, (ax, image, y, p) in enumerate(zip(axes.flat, images, labels, predicted, strict=False)):
-        ax.imshow(image)
-        if originals is not None:
-            inset = ax.inset_axes((0.0, 0.6, 0.4, 0.4))
-            inset.imshow(originals[i])
-            inset.set_xticks([])
-            inset.set_yticks([])
-            for spine in inset.spines.values():
-                spine.set_edgecolor("white")
-        caption = f"{classes[y]}→{classes[p]}" if show_truth else classes[p]
-        ax.set_title(
-            caption, color=RIGHT if y == p else WRONG, fontsize=12, fontweight="bold", pad=2
-        )
-    if len(images) == 0:
-        axes.flat[0].text(0.5, 0.5, "none", color="white", ha="center", va="center")
-    fig.suptitle(title, color="white", fontsize=12)
-    fig.tight_layout()
-    _save_figure(fig, path)
-
-
-def main() -> None:
-    evaluate = load_params("evaluate")["evaluate"]
-    keras = setup_keras(evaluate["seed"])
-    start = time.perf_counter()
-    head = keras.saving.load_model(paths.HEAD, safe_mode=True)
-    classes = read_json(paths.CLASSES)
-    info = read_json(paths.FEATURES_INFO)
-    split_report = read_json(paths.SPLIT_REPORT)
-    prep = read_json(paths.PREP)
-    n_train = split_report["images"]["train"]
-    metrics: dict = {}
-    for split in SPLITS:
-        # Train is scored on the original images only, not on their augmented copies.
-        probs, labels = predict_split(head, split, rows=n_train if split == "train" else None)
-        metrics[split] = split_scores(probs, labels, len(classes))
-    macro, per_class = test_report(probs, labels, classes)
-    metrics["test"].update(macro)
-    metrics["images"] = {
-        **split_report["images"],
-        "train_augmented": info["images"]["train"] - n_train,
-        "skipped": sum(split_report["skipped"].values()),
-        "noted": sum(split_report["notes"].values()),
-    }
-    metrics["features"] = {
-        "weights": info["weights"]["spec"],
-        "weights_source": info["weights"]["source"],
-        "weights_sha256": info["weights"]["sha256"],
-        "layer": info["layer"],
-        "pooling": info["pooling"],
-        "image_size": info["image_size"],
-    }
-    # How every image was prepared (crop, normalisation, fit): predict applies the same.
-    metrics["prep"] = prep
-    write_json(paths.METRICS, metrics)
-    write_json(paths.PER_CLASS, per_class)
-
+    """The confusion matrix, a seeded grid of ``evaluate.grid_size`` test images, the mistakes."""
     predicted = probs.argmax(1)
-    write_predictions(probs, labels, classes)
-    draw_confusion(labels, predicted, classes)
+    draw_confusion(labels, predicted, classes, paths.CONFUSION)
     images = load_npy(paths.split_images("test"), mmap=True)
     originals = load_npy(paths.TEST_ORIGINALS, mmap=True)
     order = np.random.default_rng(evaluate["seed"]).permutation(len(labels))[
@@ -249,6 +162,23 @@ def main() -> None:
         show_truth=True,
         originals=originals[wrong],
     )
+
+
+def main() -> None:
+    evaluate = load_params("evaluate")["evaluate"]
+    keras = setup_keras(evaluate["seed"])
+    start = time.perf_counter()
+    head = keras.saving.load_model(paths.HEAD, safe_mode=True)
+    classes = read_json(paths.CLASSES)
+    split_report = read_json(paths.SPLIT_REPORT)
+    predictions = predict_splits(head, split_report["images"]["train"])
+    metrics, per_class = score(predictions, classes, split_report, read_json(paths.FEATURES_INFO))
+    # How every image was prepared (crop, normalisation, fit): predict applies the same.
+    metrics["prep"] = read_json(paths.PREP)
+    write_json(paths.METRICS, metrics)
+    write_json(paths.PER_CLASS, per_class)
+    write_predictions(*predictions["test"], classes)
+    draw_test_figures(*predictions["test"], classes, evaluate)
     print(
         f"evaluate: test accuracy {metrics['test']['accuracy']:.4f} (val {metrics['val']['accuracy']:.4f}, "
         f"train {metrics['train']['accuracy']:.4f}); wrote {paths.METRICS_DIR}/ and {paths.PLOTS_DIR}/ "

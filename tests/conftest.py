@@ -6,7 +6,8 @@ API (small on purpose):
 * ``TINY_PARAMS``: dotted-key overrides that make ``dvc repro`` take well under a minute.
 * ``run(cmd, cwd, check=True, timeout=900)``: run a command with this venv's ``bin`` first on
   PATH; on a non-zero exit (with ``check``) the test fails showing the command's output.
-* ``write_params(repo, overrides)``: apply ``{"train.epochs": 3, ...}`` to ``repo/params.yaml``.
+* ``write_params(repo, overrides)``: apply ``{"train.epochs": 3, ...}`` to ``repo/params.yaml``
+  (from ``tools.scratch``, as are ``command_env`` and ``scratch_repo``).
 * ``write_images(folder, counts, size=16)``: write ``<class>/<i>.png`` test images.
 * ``snapshot(folder)``: every file's bytes and mtime, to show a folder was left untouched.
 * ``png_bytes(width, height, depth, color, rows)``: a hand-made PNG (any bit depth, or a header
@@ -21,10 +22,8 @@ API (small on purpose):
 
 from __future__ import annotations
 
-import os
 import struct
 import subprocess
-import sys
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,14 +31,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
-from stages.common import paths
-from tools.scratch import copy_project, git_commit
+from tools.scratch import (  # noqa: F401  (re-exported for the tests)
+    command_env,
+    copy_project,
+    git_commit,
+    scratch_repo,
+    write_params,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BIN_DIR = Path(sys.executable).parent
 
 TINY_PARAMS: dict[str, Any] = {
     "data.source": "digits",
@@ -51,16 +53,6 @@ TINY_PARAMS: dict[str, Any] = {
     "train.epochs": 3,
     "evaluate.grid_size": 20,
 }
-
-
-def command_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for subprocesses: this venv's bin first on PATH, quiet TensorFlow."""
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env["DVC_NO_ANALYTICS"] = "1"
-    env.update(extra or {})
-    return env
 
 
 def run(
@@ -94,28 +86,6 @@ def run(
     return result
 
 
-def write_params(repo: str | Path, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (``"train.epochs"``) in ``repo/params.yaml``; return the whole params.
-
-    A value of ``...`` (Ellipsis) deletes the key; unknown sections and keys are written as
-    given, so tests can produce invalid files on purpose. Comments are not kept.
-    """
-    path = Path(repo) / paths.PARAMS_FILE
-    params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    for dotted, value in overrides.items():
-        section, _, key = dotted.partition(".")
-        if not key:
-            params[section] = value
-            continue
-        target = params.setdefault(section, {})
-        if value is Ellipsis:
-            target.pop(key, None)
-        else:
-            target[key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return params
-
-
 def write_images(folder: str | Path, counts: Mapping[str, int], size: int = 16) -> list[Path]:
     """Write ``counts[class]`` distinct small RGB PNGs under ``folder/<class>/``; return paths.
 
@@ -140,12 +110,7 @@ def write_images(folder: str | Path, counts: Mapping[str, int], size: int = 16) 
 @pytest.fixture
 def pipeline_repo(tmp_path: Path) -> Path:
     """A committed git+DVC copy of the project in ``tmp_path / "repo"`` with ``TINY_PARAMS``."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    copy_project(repo)
-    write_params(repo, TINY_PARAMS)
-    git_commit(repo, "project with tiny params", init=True)
-    return repo
+    return scratch_repo(tmp_path / "repo", TINY_PARAMS)
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:

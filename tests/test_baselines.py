@@ -1,4 +1,4 @@
-"""The baselines stage on tiny synthetic data: pixels, selection on val, no TensorFlow."""
+"""The baselines stages on tiny synthetic data: pixels, selection on val, no TensorFlow."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import numpy as np
 import yaml
 from conftest import REPO_ROOT, run
 
-from stages.baselines import select_on_val, to_pixels
+from stages.baselines_pixels import to_pixels
 from stages.common import paths
+from stages.common.baselines import select_on_val
 
 
 def test_to_pixels_area_averages_back_to_the_original_grid() -> None:
@@ -48,7 +49,7 @@ def test_select_on_val_picks_by_val_and_scores_test_once() -> None:
     assert result == {"val_accuracy": 1.0, "test_accuracy": 0.8, "at": 5.0}
 
 
-def test_stage_writes_metrics_without_importing_tensorflow(tmp_path: Path) -> None:
+def test_stages_write_metrics_without_importing_tensorflow(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     split, features = tmp_path / paths.SPLIT_DIR, tmp_path / paths.FEATURES_DIR
     split.mkdir(parents=True)
@@ -68,13 +69,22 @@ def test_stage_writes_metrics_without_importing_tensorflow(tmp_path: Path) -> No
     params = yaml.safe_load((REPO_ROOT / paths.PARAMS_FILE).read_text(encoding="utf-8"))
     (tmp_path / paths.PARAMS_FILE).write_text(yaml.safe_dump(params), encoding="utf-8")
     code = (
-        "import sys; from stages import baselines; baselines.main(); "
-        "assert 'tensorflow' not in sys.modules, 'baselines imported TensorFlow'"
+        "import sys; from stages import baselines_pixels, baselines_features; "
+        "baselines_pixels.main(); baselines_features.main(); "
+        "assert 'tensorflow' not in sys.modules, 'a baselines stage imported TensorFlow'"
     )
     result = run([sys.executable, "-c", code], tmp_path, env={"PYTHONPATH": str(REPO_ROOT)})
-    assert "baselines: test accuracy" in result.stdout
-    metrics = json.loads((tmp_path / paths.BASELINES).read_text())
-    for name in ("logreg_pixels", "svm_rbf_pixels", "logreg_features"):
+    assert "baselines_pixels: test accuracy" in result.stdout
+    assert "baselines_features: test accuracy" in result.stdout
+    pixels = json.loads((tmp_path / paths.BASELINES_PIXELS).read_text())
+    features = json.loads((tmp_path / paths.BASELINES_FEATURES).read_text())
+    assert list(pixels) == ["logreg_pixels", "svm_rbf_pixels", "pixel_size"]
+    assert list(features) == ["logreg_features", "feature_dim"]
+    for metrics, name in [
+        (pixels, "logreg_pixels"),
+        (pixels, "svm_rbf_pixels"),
+        (features, "logreg_features"),
+    ]:
         assert metrics[name]["val_accuracy"] == metrics[name]["test_accuracy"] == 1.0
-    assert metrics["pixel_size"] == params["baselines"]["pixel_size"]
-    assert metrics["feature_dim"] == 6
+    assert pixels["pixel_size"] == params["baselines"]["pixel_size"]
+    assert features["feature_dim"] == 6

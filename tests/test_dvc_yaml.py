@@ -166,6 +166,29 @@ def test_params_sections_match_load_params(name: str) -> None:
     )
 
 
+def test_no_module_imports_one_that_imports_it_back() -> None:
+    modules = {
+        ".".join(p.relative_to(REPO_ROOT).with_suffix("").parts)
+        for p in (REPO_ROOT / CODE_ROOT).rglob("*.py")
+        if p.name != "__init__.py"
+    }
+    graph = {m: direct_imports(module_file(m)) & modules for m in modules}
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack = [(start, [start])]
+        while stack:
+            name, path = stack.pop()
+            for nxt in sorted(graph[name]):
+                if nxt == start:
+                    return [*path, start]
+                if nxt not in path:
+                    stack.append((nxt, [*path, nxt]))
+        return None
+
+    cycles = [c for c in (cycle_from(m) for m in sorted(modules)) if c]
+    assert not cycles, f"import cycle: {' -> '.join(cycles[0])}"
+
+
 def test_every_output_has_one_stage() -> None:
     owners: dict[str, str] = {}
     for name, stage in STAGES.items():

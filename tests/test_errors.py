@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
-from stages.common.errors import PipelineError, run_stage
+from stages import train
+from stages.common import paths
+from stages.common.errors import PipelineError, run_stage, stage_name
 
 
 @pytest.fixture(autouse=True)
@@ -70,3 +74,29 @@ def test_other_errors_still_raise():
 
     with pytest.raises(ValueError, match="a bug"):
         run_stage(main)
+
+
+def test_a_finished_stage_records_its_time_inside_a_dvc_repository(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_stage(lambda: None)
+    assert not paths.STAGE_TIMES.exists() and not Path(".dvc").exists(), "no DVC repo: nothing"
+
+    Path(".dvc").mkdir()
+    run_stage(_finishes)
+    with pytest.raises(SystemExit):
+        run_stage(_fails)  # a stage that fails records nothing
+    records = [json.loads(line) for line in paths.STAGE_TIMES.read_text().splitlines()]
+    assert [r["stage"] for r in records] == ["test_errors"]
+    assert 0 <= records[0]["seconds"] < 60
+
+
+def _finishes() -> None:
+    pass
+
+
+def _fails() -> None:
+    raise PipelineError("bad params")
+
+
+def test_stage_name_is_the_module_name():
+    assert stage_name(train.main) == "train"

@@ -199,7 +199,13 @@ def test_killed_during_extract_then_repro_completes_cleanly(pipeline_repo, tmp_p
     assert leftovers(repo), "SIGKILL leaves temp files behind: what the next run must handle"
 
     result = run(["dvc", "repro"], repo)
-    assert stages_run(result.stdout) == ["extract", "train", "evaluate", "baselines"]
+    assert stages_run(result.stdout) == [
+        "extract",
+        "train",
+        "evaluate",
+        "baselines_pixels",
+        "baselines_features",
+    ]
     assert_up_to_date(repo)
     assert leftovers(repo) == []
     metrics = json.loads((repo / paths.METRICS).read_text())
@@ -240,7 +246,8 @@ def test_folder_source_reruns_byte_identical_and_never_touches_the_folder(pipeli
         "extract",
         "train",
         "evaluate",
-        "baselines",
+        "baselines_pixels",
+        "baselines_features",
     ]
     assert_up_to_date(repo)
     assert snapshot(raw) == before

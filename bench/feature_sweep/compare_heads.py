@@ -5,7 +5,7 @@
 SETS: a JSON list of feature names written by ``extract_features`` ("a+b" concatenates two);
 HEADS: a JSON list of overrides of params.yaml's ``train`` section ({} for none); SEEDS: the split
 seeds (features in ROOT/feat_<seed>); HEAD_SEEDS: ``train.seed`` values. Prints one JSON line
-per fit. Logistic regression picks C on val accuracy as the baselines stage does; the head is
+per fit. Logistic regression picks C on val accuracy as the baselines_features stage does; the head is
 stages.train's own ``build_head`` + ``fit_head``. The choice of defaults reads val columns
 only; test errors are printed to report, not to choose.
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.baselines import LOGREG_C, logreg, select_on_val
 from stages.common import paths
+from stages.common.baselines import logreg, logreg_grid, select_on_val
 from stages.common.params import load_params
 from stages.common.tf import setup_keras
 from stages.train import build_head, fit_head
@@ -34,9 +34,9 @@ def load(folder: Path, features: str, split: str) -> tuple[np.ndarray, np.ndarra
 
 
 def best_logreg(data: dict, n_orig: int) -> dict:
-    """The baselines stage's own val-only choice of C, fitted on the original training images."""
+    """The baselines_features stage's own val-only choice of C, fitted on the original training images."""
     data = {**data, "train": tuple(a[:n_orig] for a in data["train"])}
-    result = select_on_val(logreg, [{"C": C} for C in LOGREG_C], data)
+    result = select_on_val(logreg, logreg_grid(), data)
     n_test = len(data["test"][1])
     return {
         "C": result["C"],

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
+
+from stages.common import paths
 
 
 class PipelineError(Exception):
@@ -28,12 +33,34 @@ class _Interrupts:
         raise KeyboardInterrupt
 
 
+def stage_name(main: Callable[[], None]) -> str:
+    """``train`` for ``stages.train.main``, also when it runs as ``python -m stages.train``."""
+    module = main.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else module
+    return module.rpartition(".")[2]
+
+
+def record_time(stage: str, seconds: float, path: Path = paths.STAGE_TIMES) -> None:
+    """Append ``{"stage", "seconds"}`` to ``path``, inside a DVC repository only (``.dvc/``)."""
+    if not path.parent.parent.is_dir():
+        return
+    path.parent.mkdir(exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"stage": stage, "seconds": round(seconds, 3)}) + "\n")
+
+
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main(); turn a PipelineError or Ctrl-C into one clear line and exit code."""
+    """Run a stage's main(); turn a PipelineError or Ctrl-C into one clear line and exit code.
+
+    A main() that finishes has its wall time recorded (``record_time``): what bench/ reports.
+    """
     from stages.common.params import ParamsError
 
     interrupts = _Interrupts()
     signal.signal(signal.SIGINT, interrupts)
+    start = time.perf_counter()
     try:
         main()
     except (PipelineError, ParamsError) as err:
@@ -44,3 +71,4 @@ def run_stage(main: Callable[[], None]) -> None:
             raise
         print("Interrupted: no output of this stage was written.", file=sys.stderr)
         sys.exit(130)
+    record_time(stage_name(main), time.perf_counter() - start)

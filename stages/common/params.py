@@ -235,6 +235,14 @@ def _split_problems(params: dict) -> list[str]:
     ]
 
 
+def validate_section(section: str, value: Any) -> dict[str, Any]:
+    """Check one section given as a dict (code that builds one, e.g. a benchmark, calls this)."""
+    problems = _section_problems(section, value)
+    if problems:
+        raise ParamsError(f"Invalid '{section}' params:\n  - " + "\n  - ".join(problems))
+    return value
+
+
 def validate(params: Any) -> dict[str, dict[str, Any]]:
     """Check every section and key of a parsed params.yaml; raise ParamsError listing all problems."""
     if not isinstance(params, dict):

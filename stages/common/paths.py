@@ -36,7 +36,8 @@ HEAD = MODELS_DIR / "head.keras"  # train
 METRICS_DIR = Path("metrics")
 METRICS = METRICS_DIR / "metrics.json"  # evaluate
 PER_CLASS = METRICS_DIR / "per_class.json"  # evaluate
-BASELINES = METRICS_DIR / "baselines.json"  # baselines
+BASELINES_PIXELS = METRICS_DIR / "baselines_pixels.json"  # baselines_pixels
+BASELINES_FEATURES = METRICS_DIR / "baselines_features.json"  # baselines_features
 
 PLOTS_DIR = Path("plots")
 TRAIN_LOG = PLOTS_DIR / "train_log.csv"  # train
@@ -44,6 +45,10 @@ PREDICTIONS = PLOTS_DIR / "predictions.csv"  # evaluate
 CONFUSION = PLOTS_DIR / "confusion.png"  # evaluate
 PREDICTION_GRID = PLOTS_DIR / "prediction_grid.png"  # evaluate
 MISCLASSIFIED = PLOTS_DIR / "misclassified.png"  # evaluate
+
+# Not an output: how long each stage's main() took, one JSON line per run, appended by run_stage
+# (bench/ reads it). DVC's own git-ignored scratch folder, so no tracked output changes.
+STAGE_TIMES = Path(".dvc/tmp/stage_times.jsonl")
 
 
 def split_images(split: str) -> Path:

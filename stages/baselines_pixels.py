@@ -1,0 +1,84 @@
+"""Stage baselines_pixels: scikit-learn classifiers on raw pixels, to show what the head beats.
+
+Two baselines on the split's images, each chosen on val and scored once on test
+(``stages.common.baselines.select_on_val``):
+
+* ``logreg_pixels``: logistic regression;
+* ``svm_rbf_pixels``: an RBF support vector machine.
+
+Raw pixels: each split image (``data.image_size`` RGB) is converted to grayscale and
+area-averaged down to ``baselines.pixel_size`` square (8: scikit-learn's digits at their own
+resolution), scaled to [0, 1]. Reads the split only, so extract's params do not re-run it.
+
+Output: ``metrics/baselines_pixels.json`` (val and test accuracy and the chosen setting).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import numpy as np
+from PIL import Image
+
+from stages.common import paths
+from stages.common.baselines import Data, logreg, logreg_grid, report, select_on_val
+from stages.common.errors import run_stage
+from stages.common.io import load_npy, write_json
+from stages.common.params import load_params
+
+# What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
+READS = tuple(p for s in paths.SPLITS for p in (paths.split_images(s), paths.split_labels(s)))
+WRITES = (paths.BASELINES_PIXELS,)
+SVM_C = (1.0, 3.0, 10.0, 30.0, 100.0)
+SVM_GAMMA_SCALE = (0.25, 0.5, 1.0, 2.0)  # times scikit-learn's gamma="scale", 1 / (d * var(X))
+
+
+def to_pixels(images: np.ndarray, size: int) -> np.ndarray:
+    """(n, s, s, 3) uint8 -> (n, size * size) float32 in [0, 1]: grayscale, area-averaged."""
+    rows = [
+        np.asarray(Image.fromarray(image).convert("L").resize((size, size), Image.Resampling.BOX))
+        for image in images
+    ]
+    return (np.stack(rows).reshape(len(images), -1) / 255.0).astype(np.float32)
+
+
+def pixel_data(size: int) -> Data:
+    return {
+        split: (
+            to_pixels(load_npy(paths.split_images(split), mmap=True), size),
+            load_npy(paths.split_labels(split)),
+        )
+        for split in paths.SPLITS
+    }
+
+
+def svm_rbf(C: float, gamma: float):
+    from sklearn.svm import SVC
+
+    return SVC(C=C, gamma=gamma, kernel="rbf")
+
+
+def svm_grid(x_train: np.ndarray) -> list[dict[str, float]]:
+    scale = 1.0 / (x_train.shape[1] * float(x_train.var()))
+    return [
+        {"C": C, "gamma": factor * scale} for C, factor in itertools.product(SVM_C, SVM_GAMMA_SCALE)
+    ]
+
+
+def main() -> None:
+    baselines = load_params("baselines")["baselines"]
+    start = time.perf_counter()
+    size = baselines["pixel_size"]
+    pixels = pixel_data(size)
+    results = {
+        "logreg_pixels": select_on_val(logreg, logreg_grid(), pixels),
+        "svm_rbf_pixels": select_on_val(svm_rbf, svm_grid(pixels["train"][0]), pixels),
+        "pixel_size": size,
+    }
+    write_json(paths.BASELINES_PIXELS, results)
+    report("baselines_pixels", results, paths.BASELINES_PIXELS, time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    run_stage(main)
