@@ -46,7 +46,12 @@ PREPS = {"defaults": [], "old behaviour": OLD}
 
 
 def dvc_exp_run(repo: Path, sets: list[str]) -> dict:
-    """One ``dvc exp run -S ...`` in ``repo``; evaluate's metrics and the wall time."""
+    """One ``dvc exp run -S ...`` in ``repo``; evaluate's metrics and the wall time.
+
+    params.yaml is restored first: ``dvc exp run`` leaves the last run's params in the
+    workspace, and the ``-S`` values are applied on top of it.
+    """
+    subprocess.run(["git", "checkout", "--", "params.yaml"], cwd=repo, check=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     cmd = [
         "dvc",

@@ -160,3 +160,25 @@ def test_prep_round_trips_through_its_dict_and_names_missing_keys() -> None:
     assert ImagePrep.from_params({**prep.as_dict(), "source": "folder", "folder": "x"}) == prep
     with pytest.raises(PipelineError, match=r"lack \['normalise'\].*dvc repro split"):
         ImagePrep.from_params({k: v for k, v in prep.as_dict().items() if k != "normalise"})
+
+
+def test_split_decodes_many_files_in_worker_processes_with_the_same_result(tmp_path: Path) -> None:
+    from stages.split import PARALLEL_FROM, _decode_all, decode_source
+
+    paths, names = [], []
+    for i in range(PARALLEL_FROM + 6):
+        pixels = page(80, 100, seed=i)
+        if i % 7:
+            draw_l(pixels, 10 + i % 30, 20, 40)  # every 7th page stays blank
+        paths.append(tmp_path / f"{i:03d}.jpg")
+        Image.fromarray(pixels).save(paths[-1], quality=90)
+        names.append(f"a/{i:03d}.jpg")
+    paths[5].write_bytes(b"")  # a reason other than the default must survive the trip back
+    prep = ImagePrep(image_size=32)
+    images, good, bad, noted = decode_source(paths, names, prep, tmp_path / "x.npy")
+    assert bad == {"empty_file": ["a/005.jpg"]}
+    assert noted == {"no_ink_found": [f"a/{i:03d}.jpg" for i in range(0, len(paths), 7)]}
+    assert good == [i for i in range(len(paths)) if i != 5]
+    one_by_one = [decode_image(p, prep) for i, p in enumerate(paths) if i != 5]
+    assert np.array_equal(images[good], np.stack(one_by_one))
+    assert len(list(_decode_all(paths[:3], prep))) == 3  # few files: no workers

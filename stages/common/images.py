@@ -74,6 +74,9 @@ class ImageError(PipelineError):
         super().__init__(message)
         self.reason = reason
 
+    def __reduce__(self):  # keep the reason when sent back from a decoding worker process
+        return type(self), (str(self), self.reason)
+
 
 def _scale_to_uint8(array: np.ndarray, top: float) -> Image.Image:
     """Map 0..top linearly onto 0..255 (rounding, clipping) as an 8-bit grayscale image."""
