@@ -83,7 +83,7 @@ def draw_gallery(
     for i, (ax, image, y, p) in enumerate(zip(axes.flat, images, labels, predicted, strict=False)):
         ax.imshow(image)
         if originals is not None:
-            inset = ax.inset_axes((0.0, 0.6, 0.4, 0.4))
+            inset = ax.inset_axes((0.0, 0.66, 0.34, 0.34))
             inset.imshow(originals[i])
             inset.set_xticks([])
             inset.set_yticks([])
