@@ -182,3 +182,12 @@ def test_split_decodes_many_files_in_worker_processes_with_the_same_result(tmp_p
     one_by_one = [decode_image(p, prep) for i, p in enumerate(paths) if i != 5]
     assert np.array_equal(images[good], np.stack(one_by_one))
     assert len(list(_decode_all(paths[:3], prep))) == 3  # few files: no workers
+
+
+def test_thumbnail_of_the_original_keeps_its_aspect_and_fills_the_square() -> None:
+    from stages.common.images import thumbnail
+
+    scan = thumbnail(Image.fromarray(np.full((28, 28), 255, np.uint8)), 96)
+    assert scan.shape == (96, 96, 3) and scan.min() == 255  # a small scan fills it
+    photo = thumbnail(Image.fromarray(page(300, 400)), 96)  # portrait: black bars at the sides
+    assert photo[:, :5].max() == 0 and photo[:, -5:].max() == 0 and photo[:, 20:76].min() > 100

@@ -384,7 +384,11 @@ def decode_image(path: str | Path, prep: ImagePrep, notes: list[str] | None = No
 def thumbnail(img: Image.Image, side: int) -> np.ndarray:
     """The whole (upright) image, aspect kept, in a ``side`` square on black: uint8 RGB."""
     rgb = _to_rgb(img)
-    rgb.thumbnail((side, side), Image.Resampling.BILINEAR)
+    scale = side / max(rgb.size)
+    # Small scans are enlarged pixel by pixel (as they are); photos shrunk smoothly.
+    resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BILINEAR
+    size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+    rgb = rgb.resize(size, resample)
     square = Image.new("RGB", (side, side), (0, 0, 0))
     square.paste(rgb, ((side - rgb.width) // 2, (side - rgb.height) // 2))
     return np.asarray(square, dtype=np.uint8)
