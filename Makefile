@@ -1,10 +1,10 @@
-# Two commands matter: `make run` (set up, then dvc repro) and `make test`.
+# Two commands matter: `make run` (set up, then dvc repro) and `make test`; `make serve` to try the model.
 PYTHON ?= python3
 VENV ?= .venv
 REQUIREMENTS ?= requirements-cpu.txt
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint plots clean-venv
+.PHONY: setup run serve test lint plots clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,11 @@ setup: $(BIN)/python
 
 run: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+# The try-it page on http://127.0.0.1:8000/ (exports the model first if needed; SERVE_ARGS="--port 9000").
+serve: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro export
+	$(BIN)/python -m stages.serve $(SERVE_ARGS)
 
 test: setup
 	$(BIN)/ruff check stages tests bench tools

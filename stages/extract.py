@@ -32,7 +32,7 @@ import numpy as np
 from stages.common import paths
 from stages.common.errors import run_stage
 from stages.common.images import to_model_input
-from stages.common.io import atomic_path, load_npy, npy_writer, save_npy, write_json
+from stages.common.io import load_npy, npy_writer, save_model, save_npy, write_json
 from stages.common.params import load_params
 from stages.common.tf import setup_keras
 from stages.common.weights import load_resnet50
@@ -254,8 +254,7 @@ def main() -> None:
             keras, tf, model, forward, strategy, split, extract["batch_size"]
         )
     dim = int(model.output_shape[-1])
-    with atomic_path(paths.EXTRACTOR) as tmp:
-        model.save(tmp)
+    save_model(model, paths.EXTRACTOR)
     write_json(
         paths.FEATURES_INFO,
         {

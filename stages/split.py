@@ -185,6 +185,23 @@ def print_skipped(skipped: dict[str, list[str]]) -> None:
         print(f"  skipped {len(names)} file(s), {SKIP_REASONS[reason]}: {shown}")
 
 
+def unseen_images(folder: str) -> str:
+    """Why a folder inside the repository can be empty here although it is full in the workspace."""
+    ignore = Path(folder).parent / ".gitignore"
+    return (
+        f"If your images are in '{folder}' in your workspace, this run cannot see them: they are "
+        "neither committed nor tracked by DVC, and queued experiments (dvc exp run --queue), "
+        "--temp runs and clones only get what is. Track them with DVC and run again: "
+        f"git rm -r -q --cached --ignore-unmatch '{folder}' && dvc add '{folder}' && "
+        f"git add '{folder}.dvc' '{ignore}' && git commit (README: Your own images)"
+    )
+
+
+def inside_repository(folder: str | Path) -> bool:
+    """True if ``folder`` lies inside the repository that DVC runs the stage in (its cwd)."""
+    return Path(folder).resolve().is_relative_to(Path.cwd().resolve())
+
+
 def load_source(
     data: dict,
 ) -> tuple[list[str], list, np.ndarray, list[str], dict[str, list[str]], str]:
@@ -198,12 +215,25 @@ def load_source(
     folder = data["folder"]
     scan = scan_folder(folder)
     print_skipped(scan.skipped)
+    inside = inside_repository(folder)
+    if not inside:
+        print(
+            f"WARNING: data.folder '{folder}' is outside the repository, so it is not versioned "
+            "(DVC records its hash but keeps no copy). To version it: git rm -q data/raw/.gitkeep "
+            f"&& dvc import-url '{folder}' data/raw, then set data.folder: data/raw."
+        )
     if not scan.classes:
         loose = len(scan.skipped.get("outside_class_folder", []))
+        loose_note = f" ({loose} file(s) lie directly in it)" if loose else ""
+        layout = "<class>/<image> (e.g. cat/a.jpg, dog/b.jpg)"
+        if inside:
+            raise PipelineError(
+                f"data.folder '{folder}' holds no images in this copy of the repository"
+                f"{loose_note}. {unseen_images(folder)}. If it really is empty, lay it out as "
+                f"{layout}."
+            )
         raise PipelineError(
-            f"data.folder '{folder}' has no class sub-folders"
-            + (f" ({loose} file(s) lie directly in it)" if loose else "")
-            + ". Lay it out as <class>/<image> (e.g. cat/a.jpg, dog/b.jpg)."
+            f"data.folder '{folder}' has no class sub-folders{loose_note}. Lay it out as {layout}."
         )
     items = [path for path, _ in scan.files]
     names = [str(path.relative_to(folder)) for path in items]

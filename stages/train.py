@@ -22,7 +22,7 @@ import numpy as np
 
 from stages.common import paths
 from stages.common.errors import run_stage
-from stages.common.io import atomic_path, load_npy, read_json
+from stages.common.io import atomic_path, load_npy, read_json, save_model
 from stages.common.params import load_params, validate_section
 from stages.common.tf import setup_keras
 
@@ -147,9 +147,9 @@ def main() -> None:
     x_val, y_val = load_npy(paths.features("val")), load_npy(paths.feature_labels("val"))
     classes = read_json(paths.CLASSES)
     model = build_head(keras, x_train, len(classes), train)
-    with atomic_path(paths.TRAIN_LOG) as log, atomic_path(paths.HEAD) as head:
+    with atomic_path(paths.TRAIN_LOG) as log:
         ran, best = fit_head(keras, model, (x_train, y_train), (x_val, y_val), train, log)
-        model.save(head)
+        save_model(model, paths.HEAD)
     kept = f"weights of epoch {best}" if train["patience"] > 0 else f"weights of epoch {ran}"
     print(
         f"train: wrote {paths.HEAD} ({model.count_params():,} parameters, {kept}) and {paths.TRAIN_LOG} "

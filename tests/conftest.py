@@ -9,6 +9,7 @@ API (small on purpose):
 * ``write_params(repo, overrides)``: apply ``{"train.epochs": 3, ...}`` to ``repo/params.yaml``
   (from ``tools.scratch``, as are ``command_env`` and ``scratch_repo``).
 * ``write_images(folder, counts, size=16)``: write ``<class>/<i>.png`` test images.
+* ``git_status(repo)``: ``git status --porcelain`` ("" when the working tree is clean).
 * ``snapshot(folder)``: every file's bytes and mtime, to show a folder was left untouched.
 * ``png_bytes(width, height, depth, color, rows)``: a hand-made PNG (any bit depth, or a header
   that claims any size with ``rows=None``); ``scanlines(array)`` makes its rows.
@@ -18,6 +19,9 @@ API (small on purpose):
   working-tree files of this repository (tracked and untracked-but-not-ignored, as they are now),
   with ``TINY_PARAMS`` applied. DVC outputs and caches are not copied, so nothing is shared with
   the real checkout.
+* fixture ``shipped_repo`` (session): such a repository after ``dvc repro export evaluate``: a
+  tiny trained pipeline with its exported model, built once per test session. Tests must not
+  change it (copy it first: ``shutil.copytree(shipped_repo, dest, symlinks=True)``).
 """
 
 from __future__ import annotations
@@ -86,6 +90,11 @@ def run(
     return result
 
 
+def git_status(repo: str | Path) -> str:
+    """``git status --porcelain`` of ``repo``: "" when nothing differs from HEAD."""
+    return run(["git", "status", "--porcelain"], repo).stdout
+
+
 def write_images(folder: str | Path, counts: Mapping[str, int], size: int = 16) -> list[Path]:
     """Write ``counts[class]`` distinct small RGB PNGs under ``folder/<class>/``; return paths.
 
@@ -111,6 +120,14 @@ def write_images(folder: str | Path, counts: Mapping[str, int], size: int = 16) 
 def pipeline_repo(tmp_path: Path) -> Path:
     """A committed git+DVC copy of the project in ``tmp_path / "repo"`` with ``TINY_PARAMS``."""
     return scratch_repo(tmp_path / "repo", TINY_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def shipped_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny pipeline trained, exported and evaluated once per session (read-only for tests)."""
+    repo = scratch_repo(tmp_path_factory.mktemp("shipped") / "repo", TINY_PARAMS)
+    run(["dvc", "repro", "export", "evaluate"], repo)
+    return repo
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:

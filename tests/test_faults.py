@@ -17,10 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, command_env, run, snapshot, write_images, write_params
+from conftest import (
+    REPO_ROOT,
+    command_env,
+    git_commit,
+    git_status,
+    run,
+    snapshot,
+    write_images,
+    write_params,
+)
 
 from stages.common import paths
-from stages.common.io import atomic_path, load_npy, save_npy, scratch_path, write_json
+from stages.common.io import atomic_path, load_npy, save_model, save_npy, scratch_path, write_json
 
 TEMP_PREFIXES = (".tmp-", ".scratch-")
 
@@ -140,6 +149,32 @@ def test_leftovers_of_a_killed_run_are_removed_by_the_next_write(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-other.npy.xyz.npy", "head.keras"]
 
 
+def test_save_model_writes_the_same_bytes_for_the_same_model(tmp_path):
+    """Keras records the save time and the memory address of shared objects; save_model does
+    not, so DVC sees an unchanged model when the same weights are saved again."""
+    import keras
+
+    def build() -> keras.Model:  # like the head: layers share one dtype-policy object
+        keras.backend.clear_session()  # the same layer names
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dropout(0.5)(keras.layers.Dense(8, activation="relu")(inputs))
+        outputs = keras.layers.Dense(3, activation="softmax")(hidden)
+        model = keras.Model(inputs, outputs)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        return model
+
+    first, second = build(), build()  # the same weights, other Python objects
+    save_model(first, tmp_path / "a.keras")
+    time.sleep(2.1)  # zip timestamps have a 2-second resolution, date_saved one second
+    save_model(second, tmp_path / "b.keras")
+    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.keras", "b.keras"]  # no leftovers
+    loaded = keras.saving.load_model(tmp_path / "b.keras", safe_mode=True)
+    x = np.linspace(-1, 1, 8, dtype="float32").reshape(2, 4)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), first.predict(x, verbose=0))
+
+
 # --- Kill dvc repro during extract, then resume (slow) -----------------------------------------
 
 
@@ -216,10 +251,11 @@ def test_killed_during_extract_then_repro_completes_cleanly(pipeline_repo, tmp_p
 
 
 def outputs(repo: Path) -> dict[str, str]:
-    """sha256 of metrics, plots and every data array the stages wrote (models hold timestamps)."""
+    """sha256 of metrics, plots, models and every data array the stages wrote."""
     folders = [paths.METRICS_DIR, paths.SPLIT_DIR, paths.AUGMENTED_DIR, paths.FEATURES_DIR]
     patterns = [f"{folder}/*" for folder in folders]
     patterns += [f"{paths.PLOTS_DIR}/*.csv", f"{paths.PLOTS_DIR}/*.png"]
+    patterns += [str(paths.HEAD), str(paths.EXTRACTOR)]
     files = sorted(p for pattern in patterns for p in repo.glob(pattern) if p.is_file())
     assert len(files) >= 25
     return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
@@ -255,11 +291,13 @@ def test_folder_source_reruns_byte_identical_and_never_touches_the_folder(pipeli
     assert metrics["images"]["skipped"] == 3  # .DS_Store, the repository's .gitkeep, broken.png
     assert json.loads((repo / paths.CLASSES).read_text()) == ["big dog", "cat", "영"]
     reference = outputs(repo)
+    git_commit(repo, "first run")  # what a fresh clone's `make run` must reproduce exactly
 
     run(["dvc", "repro", "-f"], repo, env=env)
     assert snapshot(raw) == before
     assert outputs(repo) == reference, "a forced rerun gives byte-identical outputs"
     assert_up_to_date(repo)
+    assert git_status(repo) == "", "dvc.lock, metrics and plots unchanged after a rerun"
     assert leftovers(repo) == []
 
     written = sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())

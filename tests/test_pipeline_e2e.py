@@ -29,6 +29,7 @@ STAGES = {
     "evaluate",
     "baselines_pixels",
     "baselines_features",
+    "export",
 }
 
 
@@ -107,15 +108,22 @@ def test_each_stage_recorded_its_time_outside_the_outputs(repo: Path) -> None:
     assert ignored.stdout.strip() == str(paths.STAGE_TIMES)
 
 
-def test_train_change_reruns_only_train_and_evaluate(repo: Path) -> None:
+def test_train_change_reruns_only_train_evaluate_and_export(repo: Path) -> None:
     write_params(repo, {"train.dropout": 0.25})
-    assert repro(repo) == {"train", "evaluate"}
+    assert repro(repo) == {"train", "evaluate", "export"}
     assert_up_to_date(repo)
 
 
 def test_augment_change_reruns_augment_onward(repo: Path) -> None:
     write_params(repo, {"augment.rotation": 0.1})
-    assert repro(repo) == {"augment", "extract", "train", "evaluate", "baselines_features"}
+    assert repro(repo) == {
+        "augment",
+        "extract",
+        "train",
+        "evaluate",
+        "baselines_features",
+        "export",
+    }
     assert_up_to_date(repo)
     git_commit(repo, "dropout 0.25, rotation 0.1")
 
@@ -150,7 +158,7 @@ def test_predict_agrees_with_evaluate(repo: Path, tmp_path: Path) -> None:
 
 def test_metrics_and_plots_diff_between_commits(repo: Path, tmp_path: Path) -> None:
     write_params(repo, {"train.layers": [32], "train.dropout": 0.0})
-    assert repro(repo) == {"train", "evaluate"}
+    assert repro(repo) == {"train", "evaluate", "export"}
     diff = run(["dvc", "metrics", "diff", "--json"], repo)
     changes = json.loads(diff.stdout)[str(paths.METRICS)]
     assert set(changes["test.accuracy"]) >= {"old", "new"}

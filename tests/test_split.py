@@ -228,6 +228,42 @@ def test_empty_folder(repo, tmp_path):
     assert_refused(split(repo, tmp_path / "raw"), "has no class sub-folders", "<class>/<image>")
 
 
+def test_only_a_folder_outside_the_repository_warns_that_it_is_not_versioned(repo, tmp_path):
+    write_images(tmp_path / "raw", {"a": 5, "b": 5})
+    result = split(repo, tmp_path / "raw")
+    assert result.returncode == 0, result.stdout + result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1, result.stdout
+    assert "is outside the repository, so it is not versioned" in warnings[0]
+    assert (
+        f"git rm -q data/raw/.gitkeep && dvc import-url '{tmp_path / 'raw'}' data/raw"
+        in warnings[0]
+    )
+
+    write_images(repo / "data" / "raw", {"a": 5, "b": 5})
+    try:
+        result = split(repo, Path("data/raw"))
+    finally:
+        for class_dir in ("a", "b"):
+            shutil.rmtree(repo / "data" / "raw" / class_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARNING" not in result.stdout + result.stderr
+
+
+def test_an_empty_folder_inside_the_repository_says_the_images_are_not_tracked(repo):
+    """What a queued experiment sees when the images in data/raw were never committed or
+    DVC-tracked: only the template's data/raw/.gitkeep."""
+    assert sorted(p.name for p in (repo / "data" / "raw").iterdir()) == [".gitkeep"]
+    message = assert_refused(
+        split(repo, Path("data/raw")),
+        "data.folder 'data/raw' holds no images in this copy of the repository",
+        "neither committed nor tracked by DVC",
+        "dvc exp run --queue",
+        "dvc add 'data/raw' && git add 'data/raw.dvc' 'data/.gitignore' && git commit",
+    )
+    assert "has no class sub-folders" not in message
+
+
 def test_images_directly_under_the_root(repo, tmp_path):
     write_images(tmp_path / "raw", {"a": 3})
     for path in (tmp_path / "raw" / "a").iterdir():

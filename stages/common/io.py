@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,51 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
 def load_npy(path: str | Path, mmap: bool = False) -> np.ndarray:
     """Load a .npy array; object arrays (pickles, which can run code) are refused."""
     return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+
+
+# The zip timestamp (the earliest a zip can hold) and the ``date_saved`` written into every model.
+FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+FIXED_DATE_SAVED = "1980-01-01@00:00:00"
+
+
+def _renumber_shared_objects(config: Any, ids: dict[int, int]) -> Any:
+    """``config`` with every ``shared_object_id`` replaced by 1, 2, ... in order of appearance."""
+    if isinstance(config, list):
+        return [_renumber_shared_objects(item, ids) for item in config]
+    if not isinstance(config, dict):
+        return config
+    out = {key: _renumber_shared_objects(value, ids) for key, value in config.items()}
+    if "shared_object_id" in out:
+        out["shared_object_id"] = ids.setdefault(out["shared_object_id"], len(ids) + 1)
+    return out
+
+
+def save_model(model: Any, path: str | Path) -> None:
+    """Save a Keras model as ``.keras``, atomically and byte-identical for the same model.
+
+    Keras writes the save time into the archive (``metadata.json``'s ``date_saved`` and the
+    weights entry's zip timestamp) and the memory address of each object that layers share
+    (``shared_object_id`` in ``config.json``), so every save of the same weights would get a
+    new md5: DVC would record a "changed" model and push it again. The archive is rewritten with
+    entries sorted by name, the zip epoch as every timestamp, ``date_saved`` set to that epoch
+    and the shared-object ids numbered 1, 2, ... in order of appearance (they only pair up
+    references within the file); the weights are untouched, and Keras loads it as usual.
+    """
+    with atomic_path(path) as final, scratch_path(Path(path).parent, ".keras") as raw:
+        model.save(raw)
+        with zipfile.ZipFile(raw) as src, zipfile.ZipFile(final, "w") as dst:
+            for name in sorted(src.namelist()):
+                data = src.read(name)
+                if name == "metadata.json":
+                    metadata = json.loads(data)
+                    metadata["date_saved"] = FIXED_DATE_SAVED
+                    data = json.dumps(metadata).encode("utf-8")
+                elif name == "config.json":
+                    data = json.dumps(_renumber_shared_objects(json.loads(data), {})).encode()
+                info = zipfile.ZipInfo(name, date_time=FIXED_ZIP_TIME)
+                info.compress_type = src.getinfo(name).compress_type
+                info.external_attr = 0o644 << 16
+                dst.writestr(info, data)
 
 
 @contextlib.contextmanager

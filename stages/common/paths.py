@@ -32,12 +32,20 @@ FEATURES_INFO = FEATURES_DIR / "info.json"
 MODELS_DIR = Path("models")
 EXTRACTOR = MODELS_DIR / "feature_extractor.keras"  # extract
 HEAD = MODELS_DIR / "head.keras"  # train
+# export: the shipped model, and beside it what a user of it needs (stages/common/classifier.py).
+CLASSIFIER = MODELS_DIR / "classifier.keras"
+EXPORT_DIR = MODELS_DIR / "export"
+EXPORT_LABELS = EXPORT_DIR / "labels.txt"
+EXPORT_PREP = EXPORT_DIR / "prep.json"
+EXPORT_SAVED_MODEL = EXPORT_DIR / "saved_model"
+EXPORT_TFLITE = EXPORT_DIR / "classifier.tflite"
 
 METRICS_DIR = Path("metrics")
 METRICS = METRICS_DIR / "metrics.json"  # evaluate
 PER_CLASS = METRICS_DIR / "per_class.json"  # evaluate
 BASELINES_PIXELS = METRICS_DIR / "baselines_pixels.json"  # baselines_pixels
 BASELINES_FEATURES = METRICS_DIR / "baselines_features.json"  # baselines_features
+EXPORT_METRICS = METRICS_DIR / "export.json"  # export
 
 PLOTS_DIR = Path("plots")
 TRAIN_LOG = PLOTS_DIR / "train_log.csv"  # train
