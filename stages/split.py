@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import multiprocessing
 import os
 import time
@@ -89,6 +90,27 @@ def decode_item(item, prep: ImagePrep, notes: list[str]) -> np.ndarray:
     return decode_image(item, prep, notes)
 
 
+def round_half_up(x: float) -> int:
+    """Nearest integer, halves up (Python's ``round`` sends 0.5 and 2.5 to the even 0 and 2).
+
+    The 1e-9 absorbs floating-point error in ``n * fraction`` (10 * 0.35 is 3.4999999999999996).
+    """
+    return math.floor(x + 0.5 + 1e-9)
+
+
+def split_counts(n: int, val: float, test: float) -> tuple[int, int, int]:
+    """(test, val, train) image counts for a class of ``n`` images.
+
+    The rule: test and val each get ``n * fraction`` rounded half up, but at least 1 image (a
+    class absent from test or val cannot be scored or selected on); train gets the rest and
+    needs at least 1. With the defaults (val 0.15, test 0.2) a class of 3 images gets 1/1/1, of
+    4 gets 1/1/2, of 5 gets 1/1/3, of 10 gets 2/2/6. Returns train < 1 when the class is too
+    small; the caller stops with a message.
+    """
+    n_test, n_val = max(1, round_half_up(n * test)), max(1, round_half_up(n * val))
+    return n_test, n_val, n - n_test - n_val
+
+
 def stratified_split(
     labels: np.ndarray,
     classes: list[str],
@@ -99,8 +121,8 @@ def stratified_split(
 ) -> dict[str, np.ndarray]:
     """Per class: shuffle (seeded), keep at most ``max_per_class``, cut test then val; rest trains.
 
-    Each class gets round(n * fraction) test and val images, at least one of each, and at least
-    one training image; a class too small for that stops the run naming the class and the keys.
+    Counts follow ``split_counts``; a class too small for them stops the run naming the class
+    and the keys.
     """
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
@@ -110,12 +132,13 @@ def stratified_split(
         if max_per_class is not None:
             members = members[:max_per_class]
         n = len(members)
-        n_test, n_val = round(n * test), round(n * val)
-        if n_test < 1 or n_val < 1 or n - n_test - n_val < 1:
+        n_test, n_val, n_train = split_counts(n, val, test)
+        if n_train < 1:
             raise PipelineError(
                 f"class '{name}' has {n} image(s): with split.val={val} and split.test={test} it gets "
-                f"{n_test} test, {n_val} val and {n - n_test - n_val} train image(s); each needs at "
-                "least 1. Add images to that class, remove the class folder, or raise split.val / "
+                f"{n_test} test and {n_val} val image(s) (each at least 1) and {max(0, n_train)} "
+                "train image(s); training needs at least 1, so a class needs at least 3 images. "
+                "Add images to that class, remove the class folder, or lower split.val / "
                 "split.test."
             )
         parts["test"].append(members[:n_test])

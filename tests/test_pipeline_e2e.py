@@ -169,7 +169,9 @@ def test_metrics_and_plots_diff_between_commits(repo: Path, tmp_path: Path) -> N
     run(["dvc", "plots", "diff", "HEAD", "-o", str(out)], repo)
     page = (out / "index.html").read_text()
     assert "Test confusion matrix" in page
-    assert "Accuracy per epoch" in page and "Loss per epoch" in page
+    assert "Accuracy per epoch" in page and "Log-loss per epoch" in page
+    assert "Training objective per epoch" in page
+    assert "calibration.png" in page
     assert "prediction_grid.png" in page
 
 

@@ -4,7 +4,8 @@ A moto S3 server runs on 127.0.0.1 (a free port) for this module. Machine A is a
 with its own HOME and KERAS_HOME; it tracks its images with ``dvc add data/raw`` (README: Your
 own images), runs the pipeline, a queued sweep of heads, ``dvc push`` and pushes git to a bare
 repository. Machine B is another clone with an empty HOME and KERAS_HOME and no weights at all:
-it pulls, finds everything up to date, and trains heads only. Credentials come from environment
+it pulls, finds everything up to date, and trains heads only (``dvc exp run evaluate``: the
+export stage is left for the head one picks). Credentials come from environment
 variables, never from a committed file.
 
 The tests share machine A and run in file order (the first one tracks the images and builds).
@@ -36,6 +37,7 @@ PIPELINE = {
     "extract",
     "train",
     "evaluate",
+    "export",
     "baselines_pixels",
     "baselines_features",
 }
@@ -203,6 +205,7 @@ def test_queued_sweep_sees_the_images_once_dvc_tracks_them_and_trains_heads_only
             "exp",
             "run",
             "--queue",
+            "evaluate",  # heads only: export (SavedModel, TFLite) waits for the one picked
             "-S",
             "train.layers=[16],[32]",
             "-S",
@@ -266,12 +269,12 @@ def test_two_machines_share_features_through_an_s3_remote(world):
     status = run(["dvc", "status"], b, env=env_b)
     assert "Data and pipelines are up to date" in status.stdout, status.stdout
 
-    result = run(["dvc", "exp", "run", "-S", "train.dropout=0.4"], b, env=env_b)
+    result = run(["dvc", "exp", "run", "evaluate", "-S", "train.dropout=0.4"], b, env=env_b)
     assert stages_run(result.stdout + result.stderr) == {"train", "evaluate"}
     assert not list((world.root / "home-b").rglob("*.weights.h5")), "no weights fetched on B"
 
     # Back to the committed params: B's retrained head is A's, byte for byte.
     run(["git", "checkout", "--", "params.yaml"], b)
-    result = run(["dvc", "repro"], b, env=env_b)
+    result = run(["dvc", "repro", "evaluate"], b, env=env_b)
     assert stages_run(result.stdout + result.stderr) == {"train", "evaluate"}
     assert git_status(b) == "", "dvc.lock, metrics and plots as A committed them"

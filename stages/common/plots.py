@@ -98,3 +98,37 @@ def draw_gallery(
     fig.suptitle(title, color="white", fontsize=12)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def draw_reliability(reliability: dict, n: int, path: Path) -> None:
+    """Reliability diagram: accuracy against mean confidence per confidence bin, with counts."""
+    plt = pyplot()
+    fig, (ax, counts) = plt.subplots(
+        2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    lower, width = np.array(reliability["lower"]), 1.0 / reliability["bins"]
+    filled = [i for i, c in enumerate(reliability["count"]) if c]
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    ax.bar(
+        lower[filled],
+        [reliability["accuracy"][i] for i in filled],
+        width=width,
+        align="edge",
+        color="#4c72b0",
+        edgecolor="white",
+        label="accuracy in bin",
+    )
+    ax.plot(
+        [reliability["confidence"][i] for i in filled],
+        [reliability["accuracy"][i] for i in filled],
+        "o",
+        color="#dd8452",
+        label="(mean confidence, accuracy)",
+    )
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
+    ax.set_title(f"Test calibration: ECE {reliability['ece']:.4f} over {n} images")
+    ax.legend(loc="center left", fontsize=8)
+    counts.bar(lower, reliability["count"], width=width, align="edge", color="#8c8c8c")
+    counts.set(xlabel="confidence (top-class probability)", ylabel="images", yscale="symlog")
+    fig.tight_layout()
+    save_figure(fig, path)
