@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 
 def test_predict_on_photos_equals_evaluate(pipeline_repo: Path, tmp_path: Path) -> None:
     photos = tmp_path / "set"
-    write_set(photos, per_class=4, seed=0, width=240, height=320)
+    # 8 per class: 5 train images each, what the baselines' 5-fold cross-validation needs.
+    write_set(photos, per_class=8, seed=0, width=240, height=320)
     write_params(pipeline_repo, {"data.source": "folder", "data.folder": str(photos / "photos")})
     git_commit(pipeline_repo, "photos")
     run(["dvc", "repro"], pipeline_repo)
@@ -37,7 +38,7 @@ def test_predict_on_photos_equals_evaluate(pipeline_repo: Path, tmp_path: Path) 
     assert report["notes"] == {"no_ink_found": 0}  # the ink was found on every photo
 
     rows = list(csv.DictReader((pipeline_repo / paths.PREDICTIONS).open()))
-    assert len(rows) == 10  # one test photo per class
+    assert len(rows) == 20  # two test photos per class
     files = [str(photos / "photos" / row["source"]) for row in rows]
     out = tmp_path / "predicted.csv"
     run(["python", "-m", "stages.predict", *files, "--out", str(out)], pipeline_repo)
