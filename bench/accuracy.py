@@ -1,19 +1,24 @@
-"""Test accuracy over split seeds: the defaults, a seed-like configuration, and the baselines.
+"""Test accuracy over split seeds and head seeds: the defaults, the head without augmentation,
+a seed-like configuration, and the baselines (on the original images and on the augmented set).
 
-    python -m bench.accuracy [--seeds 42 7 123] [--configs defaults seed_like] [--keep DIR]
+    python -m bench.accuracy [--seeds 42 7 123] [--head-seeds 42 1] [--configs ...] [--keep DIR]
 
 Copies this project's working-tree files (tracked and untracked-but-not-ignored) into a
-temporary git+DVC repository and, one run at a time, runs ``dvc exp run -S split.seed=S ...``
-for every configuration and seed, with ImageNet weights. Each run's ``metrics/metrics.json``
-and ``metrics/baselines_{pixels,features}.json`` are collected into ``bench/accuracy.json``: every run's val and
-test accuracy and wall time, and per row the mean, sample std, min and max of test accuracy.
-A markdown table of the same goes to stdout. Model selection inside the runs uses val only;
-this script only reads what evaluate and baselines wrote.
+temporary git+DVC repository and, one run at a time, runs
+``dvc exp run -S split.seed=S -S train.seed=H ...`` for every configuration, split seed and
+head seed, with ImageNet weights. Each run's ``metrics/metrics.json`` and
+``metrics/baselines_{pixels,features}.json`` are collected into ``bench/accuracy.json``: every run's val and test
+accuracy (with its 95 % Wilson interval), val log-loss, test errors, the paired McNemar tests of
+the head against each baseline on the same test images, and wall time; per row the mean,
+sample std, min and max of test accuracy. A markdown table of the same goes to stdout. Model
+selection inside the runs uses val only; this script only reads what evaluate and baselines
+wrote.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import subprocess
@@ -33,6 +38,10 @@ OUT = ROOT / "bench" / "accuracy.json"
 # layers with dropout, fixed epochs, no early stopping) on this pipeline's 64 px, 4 copies.
 CONFIGS: dict[str, list[str]] = {
     "defaults": [],
+    # The head's own "no augmentation" row, next to baselines trained on the original images.
+    "no_augmentation": ["augment.copies=0"],
+    # The baselines on equal terms: trained on the same augmented copies as the head.
+    "baselines_augmented": ["baselines.train_on=augmented"],
     "seed_like": [
         "data.image_size=64",
         "augment.copies=4",
@@ -52,14 +61,14 @@ CONFIGS: dict[str, list[str]] = {
 BASELINES = ("logreg_pixels", "svm_rbf_pixels", "logreg_features")
 
 
-def command(seed: int, overrides: list[str]) -> list[str]:
-    sets = [f"split.seed={seed}", "extract.weights=imagenet", *overrides]
+def command(seed: int, head_seed: int, overrides: list[str]) -> list[str]:
+    sets = [f"split.seed={seed}", f"train.seed={head_seed}", "extract.weights=imagenet", *overrides]
     return ["dvc", "exp", "run", *[arg for s in sets for arg in ("-S", s)]]
 
 
-def run_one(repo: Path, seed: int, overrides: list[str]) -> dict:
-    """One ``dvc exp run``; its accuracies, baselines and wall time."""
-    cmd = command(seed, overrides)
+def run_one(repo: Path, seed: int, head_seed: int, overrides: list[str]) -> dict:
+    """One ``dvc exp run``; its accuracies, baselines, paired tests and wall time."""
+    cmd = command(seed, head_seed, overrides)
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=repo, env=command_env(), capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -70,14 +79,20 @@ def run_one(repo: Path, seed: int, overrides: list[str]) -> dict:
         **json.loads((repo / paths.BASELINES_PIXELS).read_text()),
         **json.loads((repo / paths.BASELINES_FEATURES).read_text()),
     }
+    test = metrics["test"]
     return {
         "seed": seed,
+        "head_seed": head_seed,
         "command": " ".join(cmd),
         "seconds": round(seconds, 1),
         "val_accuracy": metrics["val"]["accuracy"],
-        "test_accuracy": metrics["test"]["accuracy"],
-        "test_errors": round((1 - metrics["test"]["accuracy"]) * metrics["images"]["test"]),
+        "val_log_loss": metrics["val"]["log_loss"],
+        "test_accuracy": test["accuracy"],
+        "test_interval": [test["accuracy_low"], test["accuracy_high"]],
+        "test_errors": test["n"] - test["right"],
+        "test_ece": test.get("ece"),
         "baselines": {name: baselines[name] for name in BASELINES},
+        "paired": metrics.get("paired", {}),
     }
 
 
@@ -89,6 +104,22 @@ def summary(values: list[float]) -> dict[str, float]:
         "min": round(float(a.min()), 6),
         "max": round(float(a.max()), 6),
     }
+
+
+def paired_summary(runs: list[dict]) -> dict[str, dict]:
+    """Per baseline: the McNemar discordant counts summed over runs, and how many runs had a
+    mid-p below 0.05 (the head better, or the baseline better)."""
+    found: dict[str, dict] = {}
+    for run in runs:
+        for name, test in run["paired"].items():
+            row = found.setdefault(
+                name, {"head_only_right": 0, "baseline_only_right": 0, "runs": 0, "significant": 0}
+            )
+            row["head_only_right"] += test["head_only_right"]
+            row["baseline_only_right"] += test["baseline_only_right"]
+            row["runs"] += 1
+            row["significant"] += int(test["p_mid"] < 0.05)
+    return found
 
 
 def table(rows: dict[str, dict]) -> str:
@@ -108,6 +139,7 @@ def table(rows: dict[str, dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 123])
+    parser.add_argument("--head-seeds", type=int, nargs="+", default=[42, 1])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep it")
     args = parser.parse_args()
@@ -116,28 +148,41 @@ def main() -> None:
     repo = scratch_repo(work / "repo", root=ROOT, name="bench")
     runs: dict[str, list[dict]] = {}
     for config in args.configs:
-        for seed in args.seeds:
-            run = run_one(repo, seed, CONFIGS[config])
+        for seed, head_seed in itertools.product(args.seeds, args.head_seeds):
+            run = run_one(repo, seed, head_seed, CONFIGS[config])
             runs.setdefault(config, []).append(run)
             print(
-                f"{config} seed {seed}: test {run['test_accuracy']:.4f} "
+                f"{config} seed {seed} head seed {head_seed}: test {run['test_accuracy']:.4f} "
                 f"({run['test_errors']} wrong), val {run['val_accuracy']:.4f}, "
                 f"{run['seconds']:.0f}s",
                 flush=True,
             )
     rows: dict[str, dict] = {}
-    first = runs[args.configs[0]]
-    for name in BASELINES:
-        rows[f"baseline {name}"] = {
-            split: summary([r["baselines"][name][f"{split}_accuracy"] for r in first])
-            for split in ("val", "test")
-        }
+    # Baselines do not depend on the head seed: one value per split seed.
+    for config in ("defaults", "baselines_augmented"):
+        if config not in runs:
+            continue
+        once = [r for r in runs[config] if r["head_seed"] == args.head_seeds[0]]
+        variant = "augmented" if config == "baselines_augmented" else "original"
+        for name in BASELINES:
+            rows[f"baseline {name} ({variant} images)"] = {
+                split: summary([r["baselines"][name][f"{split}_accuracy"] for r in once])
+                for split in ("val", "test")
+            }
     for config, config_runs in runs.items():
         rows[config] = {
             split: summary([r[f"{split}_accuracy"] for r in config_runs])
             for split in ("val", "test")
         }
-    result = {"seeds": args.seeds, "configs": CONFIGS, "rows": rows, "runs": runs}
+    paired = {config: paired_summary(config_runs) for config, config_runs in runs.items()}
+    result = {
+        "seeds": args.seeds,
+        "head_seeds": args.head_seeds,
+        "configs": CONFIGS,
+        "rows": rows,
+        "paired": paired,
+        "runs": runs,
+    }
     OUT.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(table(rows))
     print(f"wrote {OUT}")

@@ -8,6 +8,7 @@ of a few repetitions, so that a machine whose speed drifts still gives fair rati
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -132,16 +133,23 @@ def probe_extract_speed(
     batch_size: int,
     batch_sizes: list[int],
     precisions: list[str],
+    inter_op_threads: int | None = None,
 ) -> dict:
     """Stage path vs plain ``model.predict`` at one image size, with a matmul run in between;
     then the stage path at each of ``precisions`` (after, not interleaved: once AMX bfloat16
-    kernels have run, float32 runs slower in the same process on this CPU)."""
+    kernels have run, float32 runs slower in the same process on this CPU).
+
+    ``inter_op_threads``: TensorFlow's inter-op pool size for this process (default: as many
+    as cores), to see whether independent ops running side by side help or compete."""
     from stages.common.images import to_model_input
     from stages.common.io import load_npy, save_npy
     from stages.common.tf import setup_keras
 
     keras = setup_keras(42)
     import tensorflow as tf
+
+    if inter_op_threads is not None:
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
 
     plain = plain_model(keras, size)
     model, forward, strategy = project_extractor(keras, tf, size)
@@ -365,8 +373,65 @@ def probe_precision(repo: str, precisions: list[str]) -> dict:
     return result
 
 
+def head_flops_per_epoch(
+    x_dim: int, layers: list[int], n_classes: int, n_train: int, n_val: int
+) -> int:
+    """Matmul FLOPs of one head epoch: forward + two backward matmuls per Dense layer on the
+    training vectors, one forward on the val vectors (the Adam update and the rest left out)."""
+    widths = [x_dim, *layers, n_classes]
+    per_vector = sum(2 * a * b for a, b in itertools.pairwise(widths))
+    return 3 * per_vector * n_train + per_vector * n_val
+
+
+def probe_head_floor(repo: str, epochs: int, variants: dict[str, dict]) -> dict:
+    """Epoch seconds of the head inside one ``fit`` as stages/train.py runs it (``fit_head``:
+    its input pipeline, CSV log and validation), against its matmul floor at this process's
+    measured float32 matmul rate. Each variant overrides some ``train`` params (e.g. a larger
+    batch with the learning rate scaled); early stopping is off so every epoch is timed; the
+    first epoch (tracing) is dropped; median of the rest."""
+    from stages import train as train_stage
+    from stages.common.tf import setup_keras
+
+    repo_path = Path(repo)
+    train, _ = read_repo(repo_path)
+    keras = setup_keras(train["seed"])
+    import tensorflow as tf
+
+    x, y = (
+        np.load(repo_path / paths.features("train")),
+        np.load(repo_path / paths.feature_labels("train")),
+    )
+    xv, yv = (
+        np.load(repo_path / paths.features("val")),
+        np.load(repo_path / paths.feature_labels("val")),
+    )
+    n_classes = int(max(y.max(), yv.max())) + 1
+    sgemm = best_of({"sgemm": sgemm_functions(tf)["sgemm_tf"]}, reps=5)["sgemm"]
+    rate = 2 * SGEMM_N**3 / sgemm
+    flops = head_flops_per_epoch(x.shape[1], train["layers"], n_classes, len(x), len(xv))
+    result: dict[str, Any] = {
+        "sgemm_gflops": rate / 1e9,
+        "head_flops_per_epoch": flops,
+        "floor_s": flops / rate,
+        "epochs": epochs,
+        "train_vectors": len(x),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, overrides in variants.items():
+            config = {**train, **overrides, "epochs": epochs, "patience": 0}
+            model = train_stage.build_head(keras, x, n_classes, config)
+            timer = head_timer(keras)
+            train_stage.fit_head(
+                keras, model, (x, y), (xv, yv), config, Path(tmp) / "log.csv", extra=[timer]
+            )
+            epoch_s = float(np.median(timer.epoch_s[1:]))
+            result[name] = {"epoch_s": epoch_s, "over_floor": epoch_s / result["floor_s"]}
+    return result
+
+
 PROBES = {
     "import": probe_import,
+    "head_floor": probe_head_floor,
     "extract_speed": probe_extract_speed,
     "epochs": probe_epochs,
     "precision": probe_precision,

@@ -1,14 +1,24 @@
 """Stage 5, evaluate: score the head on train/val/test and draw what a person needs to see.
 
-The test split is touched here and only here. Outputs:
+It scores the class probabilities that train wrote (``data/predictions/``, the saved head's
+output on the cached features), so it needs scikit-learn, SciPy and matplotlib but never
+TensorFlow: a head-only iteration starts TensorFlow once, in train. Test labels are read here
+and only here. Outputs:
 
-* ``metrics/metrics.json``: accuracy and loss per split, macro precision/recall/F1 on test,
-  image counts, and which weights and layer produced the features (``dvc metrics diff``);
-* ``metrics/per_class.json``: per-class precision, recall, F1 and support on test;
+* ``metrics/metrics.json``: per split, accuracy with its 95 % Wilson interval (``accuracy_low``,
+  ``accuracy_high``, ``right`` of ``n``) and the plain log-loss (``log_loss``: unsmoothed
+  cross-entropy, not the training objective); on test also macro precision/recall/F1, the
+  expected calibration error (``ece``, 10 equal-width confidence bins) and the classes with
+  fewer than ``SMALL_SUPPORT`` test images; ``paired``: McNemar's test of the head against each
+  baseline on the same test images (discordant counts, exact and mid-p values); image counts;
+  which weights and layer made the features (``dvc metrics diff``);
+* ``metrics/per_class.json``: per-class precision, recall (with its Wilson interval), F1,
+  support, and ``small_support`` when the class has fewer than ``SMALL_SUPPORT`` test images;
 * ``plots/predictions.csv``: one row per test image (actual, predicted, confidence), drawn by
   DVC's ``confusion`` templates;
 * ``plots/confusion.png``, ``plots/prediction_grid.png`` (the seed's picture: captions yellow
-  when right, red when wrong) and ``plots/misclassified.png``.
+  when right, red when wrong), ``plots/misclassified.png`` and ``plots/calibration.png`` (a
+  reliability diagram).
 """
 
 from __future__ import annotations
@@ -20,15 +30,15 @@ import time
 import numpy as np
 
 from stages.common import paths
-from stages.common.errors import run_stage
+from stages.common.errors import PipelineError, run_stage
 from stages.common.io import load_npy, read_json, write_json, write_text
 from stages.common.params import load_params
-from stages.common.plots import draw_confusion, draw_gallery
-from stages.common.tf import setup_keras
+from stages.common.plots import draw_confusion, draw_gallery, draw_reliability
+from stages.common.stats import accuracy_with_interval, calibration, mcnemar, wilson_interval
 
 SPLITS = paths.SPLITS
 # What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
-READS = (paths.HEAD, paths.FEATURES_DIR, paths.SPLIT_DIR)
+READS = (paths.PROBS_DIR, paths.FEATURES_INFO, paths.SPLIT_DIR, *paths.BASELINE_PREDICTIONS)
 WRITES = (
     paths.METRICS,
     paths.PER_CLASS,
@@ -36,32 +46,67 @@ WRITES = (
     paths.CONFUSION,
     paths.PREDICTION_GRID,
     paths.MISCLASSIFIED,
+    paths.CALIBRATION,
 )
 MAX_GALLERY = 200
+SMALL_SUPPORT = 10  # per-class scores on fewer test images than this are flagged
+CALIBRATION_BINS = 10
 
 
 Predictions = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (probabilities, labels)
 
 
-def predict_split(head, split: str, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities and labels for one split's cached features (first ``rows`` only)."""
-    features = load_npy(paths.features(split), mmap=True)[:rows]
-    labels = load_npy(paths.feature_labels(split))[:rows]
-    return head.predict(np.asarray(features), batch_size=1024, verbose=0), labels
+def load_splits() -> Predictions:
+    """Every split's predictions; train covers the original images only, not their copies."""
+    return {s: load_split(s) for s in SPLITS}
 
 
-def predict_splits(head, n_train: int) -> Predictions:
-    """Every split's predictions; train on the original images only, not their augmented copies."""
-    return {s: predict_split(head, s, rows=n_train if s == "train" else None) for s in SPLITS}
+def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The head's class probabilities (written by train) and the true labels of one split.
+
+    Train's probabilities cover its original images only, not the augmented copies.
+    """
+    probs = load_npy(paths.probs(split))
+    labels = load_npy(paths.split_labels(split))
+    if len(probs) != len(labels):
+        raise PipelineError(
+            f"{paths.probs(split)} has {len(probs)} rows but {paths.split_labels(split)} has "
+            f"{len(labels)} labels: the outputs come from different runs. Run `dvc repro`."
+        )
+    return probs, labels
 
 
 def split_scores(probs: np.ndarray, labels: np.ndarray, n_classes: int) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, log_loss
+    """Accuracy with its 95 % Wilson interval, and the plain (unsmoothed) log-loss."""
+    from sklearn.metrics import log_loss
 
     return {
-        "accuracy": round(float(accuracy_score(labels, probs.argmax(1))), 6),
-        "loss": round(float(log_loss(labels, probs, labels=list(range(n_classes)))), 6),
+        **accuracy_with_interval(probs.argmax(1) == labels),
+        "log_loss": round(float(log_loss(labels, probs, labels=list(range(n_classes)))), 6),
     }
+
+
+def paired_tests(predicted_by_head: np.ndarray, labels: np.ndarray) -> dict[str, dict]:
+    """McNemar's test of the head against each baseline, on the same test images."""
+    right = predicted_by_head == labels
+    found = {}
+    for path in paths.BASELINE_PREDICTIONS:
+        if not path.exists():  # evaluate run on its own, before the baselines stages
+            continue
+        predicted = load_npy(path)
+        if predicted.shape != right.shape:
+            raise PipelineError(
+                f"{path} has {len(predicted)} predictions for {len(right)} test images: it comes "
+                "from another run. Run `dvc repro`."
+            )
+        test = mcnemar(right, predicted == labels)
+        found[path.name.removesuffix("_test_predicted.npy")] = {
+            "head_only_right": test["only_a"],
+            "baseline_only_right": test["only_b"],
+            "p_exact": test["p_exact"],
+            "p_mid": test["p_mid"],
+        }
+    return found
 
 
 def test_report(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> tuple[dict, dict]:
@@ -78,10 +123,20 @@ def test_report(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> tu
     )
     macro = report["macro avg"]
     summary = {f"{k}_macro": round(float(macro[k]), 6) for k in ("precision", "recall", "f1-score")}
-    per_class = {
-        name: {k.replace("-", "_"): round(float(v), 6) for k, v in report[name].items()}
-        for name in classes
-    }
+    per_class = {}
+    for index, name in enumerate(classes):
+        scores = {k.replace("-", "_"): round(float(v), 6) for k, v in report[name].items()}
+        support = int(scores["support"])
+        right = int(np.sum((labels == index) & (probs.argmax(1) == index)))
+        low, high = wilson_interval(right, support)
+        per_class[name] = {
+            **scores,
+            "support": support,
+            "recall_low": round(low, 6),
+            "recall_high": round(high, 6),
+            # Below SMALL_SUPPORT test images a class's recall is a coin-toss estimate.
+            "small_support": support < SMALL_SUPPORT,
+        }
     return {k.replace("-score", ""): v for k, v in summary.items()}, per_class
 
 
@@ -90,13 +145,22 @@ def score(
 ) -> tuple[dict, dict]:
     """metrics.json (scores per split, image counts, which features) and per_class.json."""
     metrics: dict = {s: split_scores(*predictions[s], len(classes)) for s in SPLITS}
-    macro, per_class = test_report(*predictions["test"], classes)
-    metrics["test"].update(macro)
+    probs, labels = predictions["test"]
+    macro, per_class = test_report(probs, labels, classes)
+    reliability = calibration(probs, labels, CALIBRATION_BINS)
+    metrics["test"].update(
+        macro, ece=reliability["ece"], calibration_max_gap=reliability["max_gap"]
+    )
+    metrics["test"]["small_support_classes"] = [
+        c for c, r in per_class.items() if r["small_support"]
+    ]
+    metrics["paired"] = paired_tests(probs.argmax(1), labels)
     n_train = split_report["images"]["train"]
     metrics["images"] = {
         **split_report["images"],
         "train_augmented": info["images"]["train"] - n_train,
         "skipped": sum(split_report["skipped"].values()),
+        "noted": sum(split_report["notes"].values()),
     }
     metrics["features"] = {
         "weights": info["weights"]["spec"],
@@ -128,10 +192,13 @@ def _manifest() -> list[dict[str, str]]:
 def draw_test_figures(
     probs: np.ndarray, labels: np.ndarray, classes: list[str], evaluate: dict
 ) -> None:
-    """The confusion matrix, a seeded grid of ``evaluate.grid_size`` test images, the mistakes."""
+    """The confusion matrix, the reliability diagram, a seeded grid of ``evaluate.grid_size``
+    test images, the mistakes."""
     predicted = probs.argmax(1)
     draw_confusion(labels, predicted, classes, paths.CONFUSION)
+    draw_reliability(calibration(probs, labels, CALIBRATION_BINS), len(labels), paths.CALIBRATION)
     images = load_npy(paths.split_images("test"), mmap=True)
+    originals = load_npy(paths.TEST_ORIGINALS, mmap=True)
     order = np.random.default_rng(evaluate["seed"]).permutation(len(labels))[
         : evaluate["grid_size"]
     ]
@@ -144,6 +211,7 @@ def draw_test_figures(
         f"{grid_right} of {len(order)} test images right ({grid_right / len(order):.2%})",
         paths.PREDICTION_GRID,
         show_truth=False,
+        originals=originals[order],
     )
     misclassified = np.flatnonzero(labels != predicted)
     n_wrong = len(misclassified)
@@ -157,18 +225,19 @@ def draw_test_figures(
         + (f", first {MAX_GALLERY} shown" if len(wrong) == MAX_GALLERY else ""),
         paths.MISCLASSIFIED,
         show_truth=True,
+        originals=originals[wrong],
     )
 
 
 def main() -> None:
     evaluate = load_params("evaluate")["evaluate"]
-    keras = setup_keras(evaluate["seed"])
     start = time.perf_counter()
-    head = keras.saving.load_model(paths.HEAD, safe_mode=True)
     classes = read_json(paths.CLASSES)
     split_report = read_json(paths.SPLIT_REPORT)
-    predictions = predict_splits(head, split_report["images"]["train"])
+    predictions = load_splits()
     metrics, per_class = score(predictions, classes, split_report, read_json(paths.FEATURES_INFO))
+    # How every image was prepared (crop, normalisation, fit): predict applies the same.
+    metrics["prep"] = read_json(paths.PREP)
     write_json(paths.METRICS, metrics)
     write_json(paths.PER_CLASS, per_class)
     write_predictions(*predictions["test"], classes)

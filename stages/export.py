@@ -38,6 +38,7 @@ READS = (
     paths.split_images("test"),
     paths.split_labels("test"),
     paths.CLASSES,
+    paths.PREP,
 )
 WRITES = (paths.CLASSIFIER, paths.EXPORT_DIR, paths.EXPORT_METRICS)
 SHIPPED = (paths.CLASSIFIER, paths.EXPORT_DIR)  # built in a scratch folder, moved in when checked
@@ -198,7 +199,13 @@ def build(scratch: Path) -> None:
     keras = shipped.keras
     extractor = keras.saving.load_model(paths.EXTRACTOR, safe_mode=True, compile=False)
     head = keras.saving.load_model(paths.HEAD, safe_mode=True, compile=False)
+    prep = shipped.load_prep(paths.PREP)  # what split did to the training images
     size = int(load_npy(paths.split_images("test"), mmap=True).shape[1])
+    if prep.image_size != size:
+        raise PipelineError(
+            f"{paths.PREP} says {prep.image_size} px but the test images are {size} px: "
+            "run `dvc repro` to bring split's outputs in step."
+        )
     model = shipped.build_classifier(extractor, head, size)
     out = {p: shipped.in_models(p, scratch) for p in (paths.CLASSIFIER, *EXPORTED)}
     out[paths.EXPORT_DIR].mkdir()
@@ -206,7 +213,7 @@ def build(scratch: Path) -> None:
     export_saved_model(model, out[paths.EXPORT_SAVED_MODEL])
     convert_tflite(out[paths.EXPORT_SAVED_MODEL], out[paths.EXPORT_TFLITE])
     shipped.write_labels(out[paths.EXPORT_LABELS], read_json(paths.CLASSES))
-    write_json(out[paths.EXPORT_PREP], shipped.prep_settings(size))
+    write_json(out[paths.EXPORT_PREP], shipped.prep_settings(prep))
 
 
 def verify(scratch: Path) -> dict[str, dict]:

@@ -4,31 +4,40 @@ Head: a Normalization layer that standardises the features, ``train.layers`` Den
 ``train.activation`` (L2 weight decay ``train.l2``), each followed by Dropout
 (``train.dropout``), then a softmax over the classes. Adam at ``train.learning_rate``, constant or
 cosine-decayed over ``train.epochs`` (``train.lr_schedule``); cross-entropy with
-``train.label_smoothing``. With ``train.patience`` > 0, training stops once the validation loss
-has not improved for that many epochs and the head keeps the weights of its best epoch (model
-selection on val only; test is never read here).
+``train.label_smoothing``.
 
-Outputs: ``models/head.keras`` and ``plots/train_log.csv`` (per-epoch accuracy and loss on
-train and val, from ``keras.callbacks.CSVLogger``).
+Model selection, on val only: ``train.monitor`` (default ``val_log_loss``, the plain, unsmoothed
+cross-entropy of the val images, a Keras metric beside the smoothed training objective). With
+``train.patience`` > 0, training stops once it has not improved by more than
+``train.min_delta`` for that many epochs, and the head keeps the weights of its best epoch.
+
+Outputs: ``models/head.keras``; ``plots/train_log.csv`` (per epoch, from
+``keras.callbacks.CSVLogger``: ``loss``/``val_loss`` the training objective, smoothed
+cross-entropy plus any L2 penalty; ``log_loss``/``val_log_loss`` the plain log-loss;
+``accuracy``/``val_accuracy``); ``data/predictions/{train,val,test}_probs.npy``: the saved
+head's class probabilities for each split's cached features (train: the original images only),
+so that evaluate scores them without starting TensorFlow a second time. The test features are
+only run through the finished head here; nothing about training looks at them.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from stages.common import paths
 from stages.common.errors import run_stage
-from stages.common.io import atomic_path, load_npy, read_json, save_model
+from stages.common.io import atomic_path, load_npy, read_json, save_model, save_npy
 from stages.common.params import load_params, validate_section
 from stages.common.tf import setup_keras
 
 # What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
-READS = (paths.FEATURES_DIR, paths.CLASSES)
-WRITES = (paths.HEAD, paths.TRAIN_LOG)
+READS = (paths.FEATURES_DIR, paths.CLASSES, paths.split_labels("train"))
+WRITES = (paths.HEAD, paths.TRAIN_LOG, paths.PROBS_DIR)
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
@@ -49,6 +58,11 @@ def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     Keras' label smoothing exists for one-hot targets only (CategoricalCrossentropy).
     """
     return np.eye(n_classes, dtype=np.float32)[np.asarray(labels)]
+
+
+def head_metrics(keras) -> list:
+    """Accuracy and the plain log-loss (no smoothing, no L2): what model selection reads."""
+    return ["accuracy", keras.metrics.CategoricalCrossentropy(name="log_loss")]
 
 
 def build_head(keras, x_train: np.ndarray, n_classes: int, train: dict):
@@ -79,7 +93,7 @@ def build_head(keras, x_train: np.ndarray, n_classes: int, train: dict):
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate(keras, train, len(x_train))),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=train["label_smoothing"]),
-        metrics=["accuracy"],
+        metrics=head_metrics(keras),
         # One call into TensorFlow per epoch, not per batch: about 15 % faster epochs here.
         steps_per_execution=steps_per_epoch(len(x_train), train["batch_size"]),
     )
@@ -87,15 +101,38 @@ def build_head(keras, x_train: np.ndarray, n_classes: int, train: dict):
 
 
 def callbacks(keras, train: dict, log: Path) -> list:
-    """CSVLogger always; early stopping on val loss, best weights restored, when patience > 0."""
+    """CSVLogger always; early stopping on ``train.monitor``, best weights restored, when
+    patience > 0 (an epoch counts as better only by more than ``train.min_delta``)."""
     found = [keras.callbacks.CSVLogger(str(log))]
     if train["patience"] > 0:
         found.append(
             keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=train["patience"], restore_best_weights=True
+                monitor=train["monitor"],
+                min_delta=train["min_delta"],
+                patience=train["patience"],
+                restore_best_weights=True,
             )
         )
     return found
+
+
+def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+    """Shuffled training batches gathered from the features held once as tensors.
+
+    ``fit`` on NumPy arrays slices and copies the rows through its array adapter every epoch;
+    here only a permutation of row indices is shuffled (seeded, a new order each epoch) and each
+    batch is one ``tf.gather``. Same batches-per-epoch and batch size as before.
+    """
+    import tensorflow as tf
+
+    features, labels = tf.constant(x), tf.constant(y)
+    return (
+        tf.data.Dataset.range(len(x))
+        .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .map(lambda rows: (tf.gather(features, rows), tf.gather(labels, rows)))
+        .prefetch(2)
+    )
 
 
 def validation_dataset(val_data: tuple[np.ndarray, np.ndarray]):
@@ -118,22 +155,38 @@ def fit_head(
     val_data: tuple[np.ndarray, np.ndarray],
     train: dict,
     log: Path,
+    extra: Sequence = (),
 ) -> tuple[int, int]:
-    """Fit ``model`` on integer labels; return (epochs run, best epoch by val loss), from 1."""
+    """Fit ``model`` on integer labels; return (epochs run, epoch whose weights it keeps), from 1.
+
+    ``extra``: more Keras callbacks (the benchmark's epoch timer).
+    """
     n_classes = model.output_shape[-1]
     (x_train, y_train), (x_val, y_val) = train_data, val_data
+    found = callbacks(keras, train, log)
     history = model.fit(
-        x_train,
-        one_hot(y_train, n_classes),
+        train_dataset(x_train, one_hot(y_train, n_classes), train["batch_size"], train["seed"]),
         validation_data=validation_dataset((x_val, one_hot(y_val, n_classes))),
         epochs=train["epochs"],
-        batch_size=train["batch_size"],
-        shuffle=True,
-        callbacks=callbacks(keras, train, log),
+        shuffle=False,  # the dataset shuffles itself (seeded); fit would only warn
+        callbacks=[*found, *extra],
         verbose=2,
     )
-    val_loss = history.history["val_loss"]
-    return len(val_loss), int(np.argmin(val_loss)) + 1
+    ran = len(history.history["loss"])
+    stopper = [c for c in found if isinstance(c, keras.callbacks.EarlyStopping)]
+    return ran, (stopper[0].best_epoch + 1 if stopper else ran)
+
+
+def write_predictions(model, n_train: int) -> None:
+    """The head's class probabilities for each split's cached features, as float32 ``.npy``.
+
+    Train keeps its first ``n_train`` rows: the original images, not their augmented copies.
+    """
+    for split in paths.SPLITS:
+        features = load_npy(paths.features(split), mmap=True)
+        rows = n_train if split == "train" else len(features)
+        probs = model.predict(np.asarray(features[:rows]), batch_size=1024, verbose=0)
+        save_npy(paths.probs(split), probs.astype(np.float32))
 
 
 def main() -> None:
@@ -150,9 +203,10 @@ def main() -> None:
     with atomic_path(paths.TRAIN_LOG) as log:
         ran, best = fit_head(keras, model, (x_train, y_train), (x_val, y_val), train, log)
         save_model(model, paths.HEAD)
-    kept = f"weights of epoch {best}" if train["patience"] > 0 else f"weights of epoch {ran}"
+        write_predictions(model, len(load_npy(paths.split_labels("train"))))
     print(
-        f"train: wrote {paths.HEAD} ({model.count_params():,} parameters, {kept}) and {paths.TRAIN_LOG} "
+        f"train: wrote {paths.HEAD} ({model.count_params():,} parameters, weights of epoch "
+        f"{best}, selected on {train['monitor']}), {paths.TRAIN_LOG} and {paths.PROBS_DIR}/ "
         f"({ran} of {train['epochs']} epochs on {len(x_train)} feature vectors) "
         f"in {time.perf_counter() - start:.1f}s"
     )

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from conftest import REPO_ROOT, run
 
 from stages.baselines_pixels import to_pixels
 from stages.common import paths
 from stages.common.baselines import select_on_val
+from stages.common.stats import wilson_interval
 
 
 def test_to_pixels_area_averages_back_to_the_original_grid() -> None:
@@ -26,7 +29,8 @@ def test_to_pixels_area_averages_back_to_the_original_grid() -> None:
 
 
 class Threshold:
-    """A one-parameter classifier: label 1 when the first feature exceeds ``at``."""
+    """A one-parameter classifier: label 1 (with probability 0.9) when the first feature exceeds
+    ``at``."""
 
     def __init__(self, at: float) -> None:
         self.at = at
@@ -34,22 +38,36 @@ class Threshold:
     def fit(self, x: np.ndarray, y: np.ndarray) -> Threshold:
         return self
 
-    def score(self, x: np.ndarray, y: np.ndarray) -> float:
-        return float(np.mean((x[:, 0] > self.at) == y))
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return (x[:, 0] > self.at).astype(int)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        one = np.where(self.predict(x) == 1, 0.9, 0.1)
+        return np.stack([1 - one, one], axis=1)
 
 
-def test_select_on_val_picks_by_val_and_scores_test_once() -> None:
+def test_select_on_val_picks_by_val_log_loss_and_scores_test_once() -> None:
     x = np.arange(10, dtype=float)[:, None]
     data = {
         "train": (x, (x[:, 0] > 2).astype(int)),
         "val": (x, (x[:, 0] > 5).astype(int)),  # val prefers at=5 ...
         "test": (x, (x[:, 0] > 7).astype(int)),  # ... whatever test would have preferred
     }
-    result = select_on_val(Threshold, [{"at": 2.0}, {"at": 5.0}, {"at": 7.0}], data)
-    assert result == {"val_accuracy": 1.0, "test_accuracy": 0.8, "at": 5.0}
+    result, predicted = select_on_val(Threshold, [{"at": 2.0}, {"at": 5.0}, {"at": 7.0}], data)
+    assert result["at"] == 5.0
+    assert result["val_log_loss"] == pytest.approx(-np.log(0.9), abs=1e-6)
+    assert result["val_accuracy"] == 1.0 and result["test_accuracy"] == 0.8
+    low, high = wilson_interval(8, 10)
+    assert (result["test_accuracy_low"], result["test_accuracy_high"]) == pytest.approx(
+        (low, high), abs=1e-6
+    )
+    assert predicted.tolist() == (x[:, 0] > 5).astype(int).tolist()
 
 
-def test_stages_write_metrics_without_importing_tensorflow(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("train_on", "train_images"), [("original", 40), ("augmented", 80)])
+def test_stages_write_metrics_without_importing_tensorflow(
+    tmp_path: Path, train_on: str, train_images: int
+) -> None:
     rng = np.random.default_rng(1)
     split, features = tmp_path / paths.SPLIT_DIR, tmp_path / paths.FEATURES_DIR
     split.mkdir(parents=True)
@@ -66,7 +84,12 @@ def test_stages_write_metrics_without_importing_tensorflow(tmp_path: Path) -> No
         feats[:, 0] += 10 * np.tile(labels, extra)
         np.save(tmp_path / paths.features(name), feats)
         np.save(tmp_path / paths.feature_labels(name), np.tile(labels, extra))
+    # augment's copies of the 40 training images (here: the same images again).
+    (tmp_path / paths.AUGMENTED_DIR).mkdir(parents=True)
+    np.save(tmp_path / paths.AUGMENTED_IMAGES, np.load(tmp_path / paths.split_images("train")))
+    np.save(tmp_path / paths.AUGMENTED_LABELS, np.load(tmp_path / paths.split_labels("train")))
     params = yaml.safe_load((REPO_ROOT / paths.PARAMS_FILE).read_text(encoding="utf-8"))
+    params["baselines"]["train_on"] = train_on
     (tmp_path / paths.PARAMS_FILE).write_text(yaml.safe_dump(params), encoding="utf-8")
     code = (
         "import sys; from stages import baselines_pixels, baselines_features; "
@@ -78,13 +101,42 @@ def test_stages_write_metrics_without_importing_tensorflow(tmp_path: Path) -> No
     assert "baselines_features: test accuracy" in result.stdout
     pixels = json.loads((tmp_path / paths.BASELINES_PIXELS).read_text())
     features = json.loads((tmp_path / paths.BASELINES_FEATURES).read_text())
-    assert list(pixels) == ["logreg_pixels", "svm_rbf_pixels", "pixel_size"]
-    assert list(features) == ["logreg_features", "feature_dim"]
+    assert list(pixels) == [
+        "logreg_pixels",
+        "svm_rbf_pixels",
+        "train_on",
+        "train_images",
+        "pixel_size",
+    ]
+    assert list(features) == ["logreg_features", "train_on", "train_images", "feature_dim"]
+    for metrics in (pixels, features):
+        assert (metrics["train_on"], metrics["train_images"]) == (train_on, train_images)
     for metrics, name in [
         (pixels, "logreg_pixels"),
         (pixels, "svm_rbf_pixels"),
         (features, "logreg_features"),
     ]:
         assert metrics[name]["val_accuracy"] == metrics[name]["test_accuracy"] == 1.0
+        predicted = np.load(tmp_path / paths.baseline_predicted(name), allow_pickle=False)
+        assert predicted.tolist() == np.load(tmp_path / paths.split_labels("test")).tolist()
     assert pixels["pixel_size"] == params["baselines"]["pixel_size"]
     assert features["feature_dim"] == 6
+
+
+@pytest.mark.parametrize("per_class", [1, 3])
+def test_svm_handles_classes_with_fewer_training_images_than_folds(per_class: int) -> None:
+    """A class with 1 (no fold to hold out) or 3 training images (fewer than 5 folds) still
+    gets a Platt-scaled SVM: split accepts such classes, so the baseline must too."""
+    from stages.baselines_pixels import platt_folds, svm_grid, svm_rbf
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), [per_class, 6, 6]).astype(np.int32)
+    x = rng.normal(size=(len(y), 4)) + 4 * y[:, None]
+    assert platt_folds(y) == min(5, per_class)
+    data = {"train": (x, y), "val": (x, y), "test": (x, y)}
+    result, predicted = select_on_val(
+        functools.partial(svm_rbf, folds=platt_folds(y)), svm_grid(x)[:2], data
+    )
+    assert predicted.shape == y.shape
+    assert 0 <= result["test_accuracy"] <= 1
+    assert np.isfinite(result["val_log_loss"])

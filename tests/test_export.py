@@ -78,7 +78,10 @@ def test_exported_models_agree_with_the_trained_pipeline(shipped_repo: Path):
     assert metrics["size_bytes"]["export/classifier.tflite"] == tflite.stat().st_size
     classes = json.loads((shipped_repo / "data/split/classes.json").read_text())
     assert (models / "export/labels.txt").read_text().splitlines() == classes
-    assert json.loads((models / "export/prep.json").read_text()) == {"image_size": 32}
+    # split's own preparation settings, so that predict and serve prepare images as training did
+    assert json.loads((models / "export/prep.json").read_text()) == json.loads(
+        (shipped_repo / "data/split/prep.json").read_text()
+    )
     assert not list(models.glob(".scratch-*")), "the scratch folder is removed"
     status = run(["dvc", "status", "export"], shipped_repo).stdout
     assert "up to date" in status, status

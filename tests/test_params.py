@@ -88,7 +88,7 @@ BAD_VALUES = [
     ("data.image_size", "64", "an integer in [32, 1024]", "remove the quotes"),
     ("data.max_per_class", 0, "null or an integer >= 1", ""),
     ("data.max_per_class", True, "null or an integer >= 1", "booleans"),
-    ("data.source", "foldr", "one of ['digits', 'folder']", "Did you mean 'folder'?"),
+    ("data.source", "foldr", "one of ['digits', 'mnist', 'folder']", "Did you mean 'folder'?"),
     ("data.folder", "", "a non-empty string", ""),
     ("data.folder", None, "a non-empty string", "null"),
     ("split.val", 0, "a number in (0, 1)", ""),
@@ -237,10 +237,10 @@ def test_duplicate_key_is_refused_not_silently_overwritten(tmp_path):
 def test_exponent_without_a_dot_is_a_number_not_a_string(tmp_path):
     """PyYAML alone reads 1e-3 as the string '1e-3'; params.yaml reads it as YAML 1.2 does."""
     assert yaml.safe_load("x: 1e-3") == {"x": "1e-3"}
-    text = repository_params_text().replace("learning_rate: 0.001", "learning_rate: 1e-3")
-    assert "learning_rate: 1e-3" in text
+    text = re.sub(r"(?m)^  learning_rate: .*$", "  learning_rate: 2e-3", repository_params_text())
+    assert "learning_rate: 2e-3" in text
     path = write_text_params(tmp_path, text)
-    assert load_params("train", path=path)["train"]["learning_rate"] == 0.001
+    assert load_params("train", path=path)["train"]["learning_rate"] == 0.002
 
 
 def test_yaml_yes_is_a_boolean_and_is_refused_for_a_number(tmp_path):

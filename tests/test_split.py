@@ -144,11 +144,19 @@ def test_split_is_reproducible_byte_for_byte(repo, photos):
     assert {p.name: p.read_bytes() for p in (repo / paths.SPLIT_DIR).iterdir()} == first
 
 
-def test_digits_source_reports_zero_skips_for_every_reason(repo):
-    write_params(repo, {"data.image_size": 32, "data.max_per_class": 10})
+@pytest.mark.parametrize("source", ["digits", "mnist"])
+def test_digit_sources_report_zero_skips_for_every_reason(repo, source):
+    write_params(repo, {"data.source": source, "data.image_size": 32, "data.max_per_class": 10})
     result = run(["python", "-m", "stages.split"], repo, timeout=120)
-    assert "10 classes" in result.stdout
-    assert read_report(repo)["skipped"] == dict.fromkeys(SKIP_REASONS, 0)
+    assert "10 classes, train 60, val 20, test 20 images" in result.stdout
+    report = read_report(repo)
+    assert report["skipped"] == dict.fromkeys(SKIP_REASONS, 0)
+    assert report["source"] == {"digits": "sklearn digits", "mnist": "mnist"}[source]
+    assert {"digits": "sklearn", "mnist": "mnist"}[source] in report["route"]  # which route
+    assert report["notes"] == {"no_ink_found": 0}
+    assert json.loads((repo / "data/split/prep.json").read_text()) == report["prep"]
+    originals = np.load(repo / "data/split/test_originals.npy")
+    assert originals.shape == (20, 96, 96, 3) and originals.dtype == np.uint8
 
 
 def test_empty_class_folder_is_an_error(repo, tmp_path):
@@ -185,6 +193,7 @@ def test_class_too_small_for_the_split_names_class_and_keys(repo, tmp_path):
         split(repo, tmp_path / "raw"),
         "class 'few' has 2 image(s)",
         "split.val=0.15 and split.test=0.2",
+        "a class needs at least 3 images",
         "Add images to that class",
     )
 
@@ -262,3 +271,32 @@ def test_images_directly_under_the_root(repo, tmp_path):
         path.rename(tmp_path / "raw" / path.name)
     (tmp_path / "raw" / "a").rmdir()
     assert_refused(split(repo, tmp_path / "raw"), "(3 file(s) lie directly in it)")
+
+
+@pytest.mark.parametrize(
+    ("n", "val", "test", "expected"),
+    [
+        (3, 0.15, 0.2, (1, 1, 1)),  # round() gave 0 val (0.45) and refused the class
+        (4, 0.15, 0.2, (1, 1, 2)),
+        (5, 0.15, 0.2, (1, 1, 3)),
+        (10, 0.15, 0.2, (2, 2, 6)),  # val 1.5 -> 2
+        (10, 0.25, 0.25, (3, 3, 4)),  # 2.5 -> 3 (round() gives 2)
+        (10, 0.35, 0.05, (1, 4, 5)),  # 10 * 0.35 = 3.4999999999999996 in floating point -> 4
+        (180, 0.15, 0.2, (36, 27, 117)),  # the digits' class sizes: unchanged from round()
+        (2, 0.15, 0.2, (1, 1, 0)),  # too small: no train image
+    ],
+)
+def test_split_counts_round_half_up_with_one_each_at_least(n, val, test, expected) -> None:
+    from stages.split import split_counts
+
+    assert split_counts(n, val, test) == expected
+
+
+def test_classes_of_three_four_and_five_images_split(repo, tmp_path):
+    write_images(tmp_path / "raw", {"three": 3, "four": 4, "five": 5})
+    result = split(repo, tmp_path / "raw")
+    assert result.returncode == 0, result.stdout + result.stderr
+    per_class = read_report(repo)["per_class"]
+    assert per_class["test"] == {"five": 1, "four": 1, "three": 1}
+    assert per_class["val"] == {"five": 1, "four": 1, "three": 1}
+    assert per_class["train"] == {"five": 3, "four": 2, "three": 1}

@@ -56,11 +56,12 @@ def test_real_lines_are_kept(line: str) -> None:
 def test_a_stage_shows_its_own_lines_and_no_startup_noise(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     (tmp_path / paths.FEATURES_DIR).mkdir(parents=True)
-    for split, n in (("train", 32), ("val", 16)):
+    (tmp_path / paths.SPLIT_DIR).mkdir(parents=True)
+    for split, n in (("train", 32), ("val", 16), ("test", 16)):
         labels = np.arange(n, dtype=np.int32) % 2
         np.save(tmp_path / paths.features(split), rng.normal(size=(n, 4)).astype(np.float32))
         np.save(tmp_path / paths.feature_labels(split), labels)
-    (tmp_path / paths.SPLIT_DIR).mkdir(parents=True)
+        np.save(tmp_path / paths.split_labels(split), labels)
     (tmp_path / paths.CLASSES).write_text(json.dumps(["a", "b"]))
     params = yaml.safe_load((REPO_ROOT / paths.PARAMS_FILE).read_text(encoding="utf-8"))
     params["train"].update(epochs=2, layers=[8], patience=0)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import REPO_ROOT
+from sklearn.metrics import log_loss
 
 from stages import train as train_stage
 from stages.common import paths
@@ -31,6 +32,8 @@ TRAIN = {
     "label_smoothing": 0.0,
     "lr_schedule": "constant",
     "patience": 0,
+    "monitor": "val_log_loss",
+    "min_delta": 0.0,
 }
 
 
@@ -62,13 +65,46 @@ def test_early_stopping_stops_and_restores_the_best_weights(keras, tmp_path: Pat
     model = train_stage.build_head(keras, x, N_CLASSES, train)
     ran, best = train_stage.fit_head(keras, model, (x, y), (x_val, y_val), train, tmp_path / "log")
 
-    val_losses = [float(row["val_loss"]) for row in read_log(tmp_path / "log")]
+    val_losses = [float(row["val_log_loss"]) for row in read_log(tmp_path / "log")]
     assert ran == len(val_losses) < 200
     assert best == int(np.argmin(val_losses)) + 1 == ran - 3
-    y_val_1hot = train_stage.one_hot(y_val, N_CLASSES)
-    kept_loss = model.evaluate(x_val, y_val_1hot, batch_size=64, verbose=0)[0]
+    kept_loss = log_loss(y_val, model.predict(x_val, verbose=0), labels=[0, 1, 2])
     assert kept_loss == pytest.approx(min(val_losses), rel=1e-4)
     assert kept_loss < val_losses[-1]
+
+
+def test_min_delta_ignores_improvements_smaller_than_it(keras, tmp_path: Path) -> None:
+    # Separable blobs: val log-loss keeps falling a little every epoch. With a min_delta larger
+    # than those steps, the first epoch's weights stay the best and training stops early.
+    x, y = blobs(64, seed=1, noise=0.3)
+    train = {**TRAIN, "epochs": 50, "patience": 2, "learning_rate": 0.001}
+    model = train_stage.build_head(keras, x, N_CLASSES, train)
+    ran, _ = train_stage.fit_head(
+        keras, model, (x, y), blobs(32, seed=2, noise=0.3), train, tmp_path / "a"
+    )
+    strict = {**train, "min_delta": 0.5}
+    model = train_stage.build_head(keras, x, N_CLASSES, strict)
+    ran_strict, best_strict = train_stage.fit_head(
+        keras, model, (x, y), blobs(32, seed=2, noise=0.3), strict, tmp_path / "b"
+    )
+    val = [float(row["val_log_loss"]) for row in read_log(tmp_path / "b")]
+    assert ran_strict < ran
+    assert best_strict == 1 and ran_strict == 3
+    assert min(val) < val[0], "later epochs were better, but not by min_delta"
+
+
+def test_log_loss_is_unsmoothed_and_the_objective_smoothed(keras, tmp_path: Path) -> None:
+    x, y = blobs(64, seed=1)
+    train = {**TRAIN, "epochs": 2, "label_smoothing": 0.2}
+    model = train_stage.build_head(keras, x, N_CLASSES, train)
+    x_val, y_val = blobs(32, seed=2)
+    train_stage.fit_head(keras, model, (x, y), (x_val, y_val), train, tmp_path / "log")
+    last = read_log(tmp_path / "log")[-1]
+    probs = model.predict(x_val, verbose=0)
+    assert float(last["val_log_loss"]) == pytest.approx(
+        log_loss(y_val, probs, labels=[0, 1, 2]), rel=1e-4
+    )
+    assert float(last["val_loss"]) > float(last["val_log_loss"]), "smoothing adds to the loss"
 
 
 def test_patience_zero_runs_every_epoch(keras, tmp_path: Path) -> None:
@@ -132,6 +168,8 @@ def project_params() -> dict:
         ("lr_schedule", "cosin", "'train.lr_schedule' parameter must be one of"),
         ("patience", -1, "'train.patience' parameter must be an integer"),
         ("patience", 2.5, "'train.patience' parameter must be an integer"),
+        ("monitor", "val_loss", "'train.monitor' parameter must be one of"),
+        ("min_delta", -0.1, "'train.min_delta' parameter must be a number in [0, 1)"),
     ],
 )
 def test_params_refuse_bad_head_options(key: str, value, message: str) -> None:
@@ -147,12 +185,14 @@ def test_train_stage_writes_a_head_that_loads_in_safe_mode(
     """The stage itself, with smoothing, L2, cosine and early stopping all on."""
     features = tmp_path / paths.FEATURES_DIR
     features.mkdir(parents=True)
-    for split, n, seed in (("train", 96, 1), ("val", 48, 2)):
+    for split, n, seed in (("train", 96, 1), ("val", 48, 2), ("test", 40, 3)):
         x, y = blobs(n, seed=seed, noise=2.0)
         np.save(tmp_path / paths.features(split), x)
         np.save(tmp_path / paths.feature_labels(split), y)
     (tmp_path / paths.SPLIT_DIR).mkdir()
     (tmp_path / paths.CLASSES).write_text(json.dumps(["a", "b", "c"]))
+    # The first 64 training rows are "original images"; the rest stand for augmented copies.
+    np.save(tmp_path / paths.split_labels("train"), blobs(96, seed=1)[1][:64])
     params = project_params()
     params["train"] = {
         **TRAIN,
@@ -171,10 +211,16 @@ def test_train_stage_writes_a_head_that_loads_in_safe_mode(
     rows = read_log(tmp_path / paths.TRAIN_LOG)
     assert 3 <= len(rows) < 60
     assert f"({len(rows)} of 60 epochs on 96 feature vectors)" in capsys.readouterr().out
-    # The saved head is the best epoch's (by val loss), and loads in Keras' safe mode.
-    best = min(rows, key=lambda row: float(row["val_loss"]))
+    # The saved head is the best epoch's (by val log-loss), and loads in Keras' safe mode.
+    best = min(rows, key=lambda row: float(row["val_log_loss"]))
     head = keras.saving.load_model(tmp_path / paths.HEAD, safe_mode=True)
     x_val, y_val = blobs(48, seed=2, noise=2.0)
     accuracy = np.mean(head.predict(x_val, verbose=0).argmax(1) == y_val)
     assert accuracy == pytest.approx(float(best["val_accuracy"]), abs=1e-6)
     assert accuracy > 0.5  # three classes: chance is 1/3
+    # The probabilities written for evaluate are the saved head's, split by split.
+    for split, rows_kept in (("train", 64), ("val", 48), ("test", 40)):
+        probs = np.load(tmp_path / paths.probs(split), allow_pickle=False)
+        x = np.load(tmp_path / paths.features(split))[:rows_kept]
+        assert probs.shape == (rows_kept, 3) and probs.dtype == np.float32
+        np.testing.assert_allclose(probs, head.predict(x, verbose=0), rtol=1e-5, atol=1e-6)

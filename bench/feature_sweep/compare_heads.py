@@ -36,7 +36,7 @@ def load(folder: Path, features: str, split: str) -> tuple[np.ndarray, np.ndarra
 def best_logreg(data: dict, n_orig: int) -> dict:
     """The baselines_features stage's own val-only choice of C, fitted on the original training images."""
     data = {**data, "train": tuple(a[:n_orig] for a in data["train"])}
-    result = select_on_val(logreg, logreg_grid(), data)
+    result, _ = select_on_val(logreg, logreg_grid(), data)
     n_test = len(data["test"][1])
     return {
         "C": result["C"],

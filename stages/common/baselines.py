@@ -1,8 +1,12 @@
 """What both baselines stages share: selection on val and the logistic regression.
 
-Each baseline's hyper-parameters are chosen on val only (a small grid; ties go to the first,
-most regularised, setting); it is fitted on the training images (not the augmented copies) and
-scored once on test. No TensorFlow is imported here.
+Each baseline's hyper-parameters are chosen on val only, by the head's own rule (the lowest val
+log-loss, ``train.monitor``; a small grid, ties go to the first, most regularised, setting). It
+is fitted on the training images, with augment's copies too when ``baselines.train_on:
+augmented`` (the head's own training set, so that head and baselines compare on equal terms),
+and scored once on test; each test image's predicted class goes to
+``data/baselines/<name>_test_predicted.npy``, from which evaluate runs the paired McNemar test
+of the head against the baseline. No TensorFlow is imported here.
 """
 
 from __future__ import annotations
@@ -12,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from stages.common import paths
+from stages.common.io import save_npy
+from stages.common.stats import accuracy_with_interval
 
 LOGREG_C = (0.001, 0.01, 0.1, 1.0, 10.0)
 
@@ -34,19 +42,39 @@ def logreg_grid() -> list[dict[str, float]]:
 def select_on_val(
     make: Callable[..., Any], grid: list[dict[str, float]], data: Data
 ) -> dict[str, Any]:
-    """Fit every setting on train, keep the best on val (first on ties), score it on test."""
+    """Fit every setting on train, keep the lowest val log-loss (first on ties), score it on test.
+
+    Returns the record for metrics/baselines.json and the test images' predicted classes.
+    """
+    from sklearn.metrics import log_loss
+
     x_train, y_train = data["train"]
-    best_model, best_setting, best_val = None, grid[0], -1.0
+    classes = np.unique(y_train)
+    best_model, best_setting, best_loss = None, grid[0], np.inf
     for setting in grid:
         model = make(**setting).fit(x_train, y_train)
-        val = float(model.score(*data["val"]))
-        if val > best_val:
-            best_model, best_setting, best_val = model, setting, val
+        loss = float(log_loss(data["val"][1], model.predict_proba(data["val"][0]), labels=classes))
+        if loss < best_loss:
+            best_model, best_setting, best_loss = model, setting, loss
+    predicted = best_model.predict(data["test"][0])
+    test = accuracy_with_interval(predicted == data["test"][1])
     return {
-        "val_accuracy": round(best_val, 6),
-        "test_accuracy": round(float(best_model.score(*data["test"])), 6),
+        "val_log_loss": round(best_loss, 6),
+        "val_accuracy": round(
+            float(np.mean(best_model.predict(data["val"][0]) == data["val"][1])), 6
+        ),
+        "test_accuracy": test["accuracy"],
+        "test_accuracy_low": test["accuracy_low"],
+        "test_accuracy_high": test["accuracy_high"],
         **{key: round(value, 8) for key, value in best_setting.items()},
-    }
+    }, predicted
+
+
+def select_and_save(name: str, make: Callable[..., Any], grid: list[dict], data: Data) -> dict:
+    """``select_on_val``, with the test predictions saved for evaluate's paired test."""
+    result, predicted = select_on_val(make, grid, data)
+    save_npy(paths.baseline_predicted(name), predicted.astype(np.int32))
+    return result
 
 
 def report(stage: str, results: dict[str, Any], path: Path, seconds: float) -> None:

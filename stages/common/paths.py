@@ -17,6 +17,8 @@ SPLIT_DIR = Path("data/split")
 CLASSES = SPLIT_DIR / "classes.json"
 MANIFEST = SPLIT_DIR / "manifest.csv"
 SPLIT_REPORT = SPLIT_DIR / "report.json"
+TEST_ORIGINALS = SPLIT_DIR / "test_originals.npy"  # small views of the test images' files
+PREP = SPLIT_DIR / "prep.json"  # the ImagePrep used: predict prepares new images the same way
 
 # augment: the augmented copies of the training images.
 AUGMENTED_DIR = Path("data/augmented")
@@ -26,6 +28,12 @@ AUGMENTED_LABELS = AUGMENTED_DIR / "labels.npy"
 # extract: pooled ResNet50 features per split, and which weights and layer made them.
 FEATURES_DIR = Path("data/features")
 FEATURES_INFO = FEATURES_DIR / "info.json"
+
+# train: the head's class probabilities per split (train: the original images), for evaluate.
+PROBS_DIR = Path("data/predictions")
+
+# baselines: each baseline's predicted class per test image, for evaluate's paired tests.
+BASELINES_DIR = Path("data/baselines")
 
 MODELS_DIR = Path("models")
 EXTRACTOR = MODELS_DIR / "feature_extractor.keras"  # extract
@@ -51,6 +59,7 @@ PREDICTIONS = PLOTS_DIR / "predictions.csv"  # evaluate
 CONFUSION = PLOTS_DIR / "confusion.png"  # evaluate
 PREDICTION_GRID = PLOTS_DIR / "prediction_grid.png"  # evaluate
 MISCLASSIFIED = PLOTS_DIR / "misclassified.png"  # evaluate
+CALIBRATION = PLOTS_DIR / "calibration.png"  # evaluate
 
 # Not an output: how long each stage's main() took, one JSON line per run, appended by run_stage
 # (bench/ reads it). DVC's own git-ignored scratch folder, so no tracked output changes.
@@ -71,3 +80,17 @@ def features(split: str) -> Path:
 
 def feature_labels(split: str) -> Path:
     return FEATURES_DIR / f"{split}_labels.npy"
+
+
+def probs(split: str) -> Path:
+    return PROBS_DIR / f"{split}_probs.npy"
+
+
+def baseline_predicted(name: str) -> Path:
+    return BASELINES_DIR / f"{name}_test_predicted.npy"
+
+
+# The baselines whose test predictions evaluate pairs with the head's (McNemar).
+BASELINE_PREDICTIONS = tuple(
+    baseline_predicted(name) for name in ("logreg_pixels", "svm_rbf_pixels", "logreg_features")
+)

@@ -63,8 +63,13 @@ def draw_gallery(
     title: str,
     path: Path,
     show_truth: bool,
+    originals: np.ndarray | None = None,
 ) -> None:
-    """A grid of images on black, each captioned with its prediction: yellow right, red wrong."""
+    """A grid of images on black, each captioned with its prediction: yellow right, red wrong.
+
+    Each tile is the image as the model saw it (after crop, normalisation and fit); with
+    ``originals``, the file as it was is inset small in its top-left corner.
+    """
     plt = pyplot()
     n = max(len(images), 1)
     cols = min(10, n)
@@ -75,8 +80,15 @@ def draw_gallery(
     fig.patch.set_facecolor("black")
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, y, p in zip(axes.flat, images, labels, predicted, strict=False):
+    for i, (ax, image, y, p) in enumerate(zip(axes.flat, images, labels, predicted, strict=False)):
         ax.imshow(image)
+        if originals is not None:
+            inset = ax.inset_axes((0.0, 0.66, 0.34, 0.34))
+            inset.imshow(originals[i])
+            inset.set_xticks([])
+            inset.set_yticks([])
+            for spine in inset.spines.values():
+                spine.set_edgecolor("white")
         caption = f"{classes[y]}→{classes[p]}" if show_truth else classes[p]
         ax.set_title(
             caption, color=RIGHT if y == p else WRONG, fontsize=12, fontweight="bold", pad=2
@@ -84,5 +96,39 @@ def draw_gallery(
     if len(images) == 0:
         axes.flat[0].text(0.5, 0.5, "none", color="white", ha="center", va="center")
     fig.suptitle(title, color="white", fontsize=12)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def draw_reliability(reliability: dict, n: int, path: Path) -> None:
+    """Reliability diagram: accuracy against mean confidence per confidence bin, with counts."""
+    plt = pyplot()
+    fig, (ax, counts) = plt.subplots(
+        2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    lower, width = np.array(reliability["lower"]), 1.0 / reliability["bins"]
+    filled = [i for i, c in enumerate(reliability["count"]) if c]
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    ax.bar(
+        lower[filled],
+        [reliability["accuracy"][i] for i in filled],
+        width=width,
+        align="edge",
+        color="#4c72b0",
+        edgecolor="white",
+        label="accuracy in bin",
+    )
+    ax.plot(
+        [reliability["confidence"][i] for i in filled],
+        [reliability["accuracy"][i] for i in filled],
+        "o",
+        color="#dd8452",
+        label="(mean confidence, accuracy)",
+    )
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
+    ax.set_title(f"Test calibration: ECE {reliability['ece']:.4f} over {n} images")
+    ax.legend(loc="center left", fontsize=8)
+    counts.bar(lower, reliability["count"], width=width, align="edge", color="#8c8c8c")
+    counts.set(xlabel="confidence (top-class probability)", ylabel="images", yscale="symlog")
     fig.tight_layout()
     save_figure(fig, path)

@@ -1,0 +1,137 @@
+"""Selection records for the defaults: each one chosen by the project's one rule, on val only.
+
+    python -m bench.selection [--keys train.dropout ...] [--seeds 42 7 123] [--head-seeds 42 1]
+
+The rule (README "Model selection"): the lowest mean **val log-loss** (plain, unsmoothed
+cross-entropy of the val images, ``metrics.json`` ``val.log_loss``) over split seeds x head
+seeds. It is the quantity early stopping monitors inside each run (``train.monitor``), so one
+criterion picks the epoch and every default. Test is not read: the record holds val figures
+only, so that nothing here can be tuned on the test set.
+
+One key at a time, from the current params.yaml (coordinate-wise): for each key in
+``CANDIDATES`` every value is run with ``dvc exp run -S key=value -S split.seed=S
+-S train.seed=H`` in a scratch copy of the project (ImageNet weights); stages whose deps and
+params did not change come from DVC's run cache. Writes ``bench/selection.json``: per key, the
+mean and per-run val log-loss and val accuracy of every value, the value chosen, and whether it
+is params.yaml's value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from stages.common import paths
+from tools.scratch import command_env, scratch_repo
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "selection.json"
+# The values tried for each default. Keys that change extract or augment cost a feature
+# extraction per split seed (about a minute each on 2 cores); head keys about 20 s a run.
+CANDIDATES: dict[str, list[Any]] = {
+    "train.label_smoothing": [0.0, 0.1],
+    "train.lr_schedule": ["constant", "cosine"],
+    "train.min_delta": [0.0, 0.0001, 0.001],
+    "train.dropout": [0.0, 0.25, 0.5],
+    "train.layers": [[], [256], [512], [1024]],
+    # Batch size and learning rate move together (the rate scaled with the batch).
+    "train.batch_size+learning_rate": [[256, 0.001], [1024, 0.002], [1024, 0.004]],
+    "augment.copies": [0, 4, 8],
+    "extract.pooling": ["avg", "max"],
+}
+
+
+def assignments(key: str, value: Any) -> list[tuple[str, Any]]:
+    """``key=value`` pairs for one candidate; a joint key ``s.a+b`` takes a list ``[a, b]``."""
+    section, names = key.split(".")
+    if "+" not in names:
+        return [(key, value)]
+    return [(f"{section}.{name}", v) for name, v in zip(names.split("+"), value, strict=True)]
+
+
+def current(key: str) -> Any:
+    section, names = key.split(".")
+    params = yaml.safe_load((ROOT / paths.PARAMS_FILE).read_text(encoding="utf-8"))[section]
+    values = [params[name] for name in names.split("+")]
+    return values if "+" in names else values[0]
+
+
+def as_cli(value: Any) -> str:
+    """A value as ``dvc exp run -S`` parses it (YAML): lists without spaces."""
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, list) else str(value)
+
+
+def val_scores(repo: Path, sets: list[str]) -> dict[str, float]:
+    cmd = ["dvc", "exp", "run", *[arg for s in sets for arg in ("-S", s)]]
+    result = subprocess.run(cmd, cwd=repo, env=command_env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"`{' '.join(cmd)}` failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    val = json.loads((repo / paths.METRICS).read_text())["val"]
+    return {"val_log_loss": val["log_loss"], "val_accuracy": val["accuracy"]}
+
+
+def select(repo: Path, key: str, seeds: list[int], head_seeds: list[int]) -> dict:
+    """Every candidate of ``key`` over all seeds; the one with the lowest mean val log-loss."""
+    tried: dict[str, dict] = {}
+    for value in CANDIDATES[key]:
+        runs = []
+        for seed, head_seed in itertools.product(seeds, head_seeds):
+            sets = [
+                *(f"{k}={as_cli(v)}" for k, v in assignments(key, value)),
+                f"split.seed={seed}",
+                f"train.seed={head_seed}",
+                "extract.weights=imagenet",
+            ]
+            runs.append({"seed": seed, "head_seed": head_seed, **val_scores(repo, sets)})
+            print(f"{key}={as_cli(value)} seed {seed}/{head_seed}: {runs[-1]}", flush=True)
+        tried[as_cli(value)] = {
+            "mean_val_log_loss": round(float(np.mean([r["val_log_loss"] for r in runs])), 6),
+            "mean_val_accuracy": round(float(np.mean([r["val_accuracy"] for r in runs])), 6),
+            "runs": runs,
+        }
+    chosen = min(tried, key=lambda v: tried[v]["mean_val_log_loss"])
+    return {
+        "rule": "lowest mean val log-loss",
+        "tried": tried,
+        "chosen": chosen,
+        "params_yaml": as_cli(current(key)),
+        "params_yaml_is_chosen": chosen == as_cli(current(key)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keys", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 123])
+    parser.add_argument("--head-seeds", type=int, nargs="+", default=[42, 1])
+    parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep it")
+    args = parser.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="bench-selection-"))
+    work.mkdir(parents=True, exist_ok=True)
+    repo = scratch_repo(work / "repo", root=ROOT, name="bench")
+    record = json.loads(OUT.read_text()) if OUT.exists() else {}
+    for key in args.keys:
+        record[key] = {
+            "seeds": args.seeds,
+            "head_seeds": args.head_seeds,
+            **select(repo, key, args.seeds, args.head_seeds),
+        }
+        OUT.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        print(f"{key}: chosen {record[key]['chosen']} (params.yaml {record[key]['params_yaml']})")
+    print(f"wrote {OUT}")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
