@@ -86,23 +86,23 @@ def heldout_mnist(repo: Path, photo_set: Path) -> dict:
     """
     from PIL import Image
 
-    from stages.common.images import ImagePrep, decode_image, prepare_image
+    from stages.common.classifier import classify, load_bundle
+    from stages.common.images import decode_image, prepare_image
     from stages.common.mnist import load_mnist
-    from stages.predict import classify, load_pipeline
 
     with open(repo / paths.MANIFEST, encoding="utf-8", newline="") as f:
         used = {int(row["source"].split("#")[1]) for row in csv.DictReader(f)}
     mnist = load_mnist()
     rest = np.array([i for i in range(len(mnist.labels)) if i not in used])
-    prep = ImagePrep.from_params(json.loads((repo / paths.PREP).read_text()))
-    extractor, head = load_pipeline(repo / paths.MODELS_DIR)
+    shipped = load_bundle(repo / paths.MODELS_DIR)  # the exported model, as predict uses it
+    prep = shipped.prep
     scans = np.stack([prepare_image(Image.fromarray(255 - mnist.images[i]), prep) for i in rest])
-    scan_right = int(np.sum(classify(extractor, head, scans).argmax(1) == mnist.labels[rest]))
+    scan_right = int(np.sum(classify(shipped.model, scans).argmax(1) == mnist.labels[rest]))
     photos = photo_files(photo_set / "photos")
     held = [p for p in photos if int(p.stem.removeprefix("mnist")) not in used]
     images = np.stack([decode_image(p, prep) for p in held])
     labels = np.array([int(p.parent.name) for p in held])
-    photo_right = int(np.sum(classify(extractor, head, images).argmax(1) == labels))
+    photo_right = int(np.sum(classify(shipped.model, images).argmax(1) == labels))
     return {
         "mnist_route": mnist.route,
         "scans": {"images": len(rest), "accuracy": round(scan_right / len(rest), 6)},
