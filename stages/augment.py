@@ -1,8 +1,9 @@
 """Stage 2, augment: write ``augment.copies`` seeded augmented variants of each training image.
 
 Validation and test images are never augmented. The transformations are Keras preprocessing
-layers (RandomRotation, RandomTranslation, RandomZoom); borders are filled with the nearest
-edge pixel, so paper stays paper.
+layers (RandomRotation, RandomTranslation, RandomZoom, and for photo-like lighting
+RandomBrightness and RandomContrast); borders are filled with the nearest edge pixel, so paper
+stays paper. A factor of 0 leaves its layer out.
 
 Outputs (``data/augmented/``): ``images.npy`` (copies x train images, uint8) and ``labels.npy``.
 """
@@ -33,13 +34,12 @@ def build_augmenter(keras, augment: dict):
             augment["translation"], augment["translation"], fill_mode="nearest", seed=seed + 1
         ),
         keras.layers.RandomZoom(augment["zoom"], fill_mode="nearest", seed=seed + 2),
+        keras.layers.RandomBrightness(augment["brightness"], value_range=(0, 255), seed=seed + 3),
+        keras.layers.RandomContrast(augment["contrast"], value_range=(0, 255), seed=seed + 4),
     ]
+    factors = ("rotation", "translation", "zoom", "brightness", "contrast")
     return keras.Sequential(
-        [
-            layer
-            for layer, factor in zip(layers, ("rotation", "translation", "zoom"), strict=True)
-            if augment[factor] > 0
-        ]
+        [layer for layer, factor in zip(layers, factors, strict=True) if augment[factor] > 0]
     )
 
 

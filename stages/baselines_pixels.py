@@ -18,6 +18,7 @@ Wilson interval, the chosen setting) and ``data/baselines/<name>_test_predicted.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 
@@ -39,6 +40,7 @@ NAMES = ("logreg_pixels", "svm_rbf_pixels")
 WRITES = (paths.BASELINES_PIXELS, *(paths.baseline_predicted(name) for name in NAMES))
 SVM_C = (1.0, 10.0, 100.0)
 SVM_GAMMA_SCALE = (0.5, 1.0, 2.0)  # times scikit-learn's gamma="scale", 1 / (d * var(X))
+PLATT_FOLDS = 5
 
 
 def to_pixels(images: np.ndarray, size: int) -> np.ndarray:
@@ -69,13 +71,49 @@ def pixel_data(size: int, augmented: bool) -> Data:
     return data
 
 
-def svm_rbf(C: float, gamma: float):
-    """An RBF SVM with Platt-scaled probabilities (5-fold, unshuffled: deterministic), the form
-    scikit-learn 1.9 recommends over the deprecated ``SVC(probability=True)``."""
+def platt_folds(y_train: np.ndarray) -> int:
+    """Folds for the SVM's Platt scaling: 5, or fewer when a class has fewer training images."""
+    return int(min(PLATT_FOLDS, np.bincount(y_train)[np.unique(y_train)].min()))
+
+
+class PlattOnTrain:
+    """An SVM fitted on all training images, then Platt-scaled on those same images.
+
+    For a class with a single training image, which leaves no fold to hold out: the
+    probabilities are optimistic, the predictions are the SVM's own.
+    """
+
+    def __init__(self, svm) -> None:
+        self.svm = svm
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> PlattOnTrain:
+        import warnings
+
+        from sklearn.calibration import CalibratedClassifierCV
+        from sklearn.frozen import FrozenEstimator
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "least populated class": expected
+            self.model = CalibratedClassifierCV(FrozenEstimator(self.svm.fit(x, y))).fit(x, y)
+        return self
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return self.model.predict_proba(x)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.model.predict(x)
+
+
+def svm_rbf(C: float, gamma: float, folds: int = PLATT_FOLDS):
+    """An RBF SVM with Platt-scaled probabilities (``folds``-fold, unshuffled: deterministic),
+    the form scikit-learn 1.9 recommends over the deprecated ``SVC(probability=True)``."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.svm import SVC
 
-    return CalibratedClassifierCV(SVC(C=C, gamma=gamma, kernel="rbf"), ensemble=False)
+    svm = SVC(C=C, gamma=gamma, kernel="rbf")
+    if folds < 2:
+        return PlattOnTrain(svm)
+    return CalibratedClassifierCV(svm, cv=folds, ensemble=False)
 
 
 def svm_grid(x_train: np.ndarray) -> list[dict[str, float]]:
@@ -93,7 +131,10 @@ def main() -> None:
     results = {
         "logreg_pixels": select_and_save("logreg_pixels", logreg, logreg_grid(), pixels),
         "svm_rbf_pixels": select_and_save(
-            "svm_rbf_pixels", svm_rbf, svm_grid(pixels["train"][0]), pixels
+            "svm_rbf_pixels",
+            functools.partial(svm_rbf, folds=platt_folds(pixels["train"][1])),
+            svm_grid(pixels["train"][0]),
+            pixels,
         ),
         "train_on": baselines["train_on"],
         "train_images": len(pixels["train"][1]),

@@ -160,6 +160,7 @@ def score(
         **split_report["images"],
         "train_augmented": info["images"]["train"] - n_train,
         "skipped": sum(split_report["skipped"].values()),
+        "noted": sum(split_report["notes"].values()),
     }
     metrics["features"] = {
         "weights": info["weights"]["spec"],
@@ -197,6 +198,7 @@ def draw_test_figures(
     draw_confusion(labels, predicted, classes, paths.CONFUSION)
     draw_reliability(calibration(probs, labels, CALIBRATION_BINS), len(labels), paths.CALIBRATION)
     images = load_npy(paths.split_images("test"), mmap=True)
+    originals = load_npy(paths.TEST_ORIGINALS, mmap=True)
     order = np.random.default_rng(evaluate["seed"]).permutation(len(labels))[
         : evaluate["grid_size"]
     ]
@@ -209,6 +211,7 @@ def draw_test_figures(
         f"{grid_right} of {len(order)} test images right ({grid_right / len(order):.2%})",
         paths.PREDICTION_GRID,
         show_truth=False,
+        originals=originals[order],
     )
     misclassified = np.flatnonzero(labels != predicted)
     n_wrong = len(misclassified)
@@ -222,6 +225,7 @@ def draw_test_figures(
         + (f", first {MAX_GALLERY} shown" if len(wrong) == MAX_GALLERY else ""),
         paths.MISCLASSIFIED,
         show_truth=True,
+        originals=originals[wrong],
     )
 
 
@@ -232,6 +236,8 @@ def main() -> None:
     split_report = read_json(paths.SPLIT_REPORT)
     predictions = load_splits()
     metrics, per_class = score(predictions, classes, split_report, read_json(paths.FEATURES_INFO))
+    # How every image was prepared (crop, normalisation, fit): predict applies the same.
+    metrics["prep"] = read_json(paths.PREP)
     write_json(paths.METRICS, metrics)
     write_json(paths.PER_CLASS, per_class)
     write_predictions(*predictions["test"], classes)

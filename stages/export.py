@@ -16,6 +16,7 @@ the check passed).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shutil
 import tempfile
 import time
@@ -37,6 +38,7 @@ READS = (
     paths.split_images("test"),
     paths.split_labels("test"),
     paths.CLASSES,
+    paths.PREP,
 )
 WRITES = (paths.CLASSIFIER, paths.EXPORT_DIR, paths.EXPORT_METRICS)
 SHIPPED = (paths.CLASSIFIER, paths.EXPORT_DIR)  # built in a scratch folder, moved in when checked
@@ -69,7 +71,45 @@ def scratch_dir(parent: Path) -> Iterator[Path]:
 
 
 def export_saved_model(model, path: Path) -> None:
-    model.export(str(path), format="tf_saved_model", verbose=False)
+    """``model.export(path, format="tf_saved_model")``, byte-identical for the same model.
+
+    Two things in it would change from one run to the next with the same weights, and so the
+    md5 that dvc.lock records (a fresh clone's ``dvc repro`` would leave ``git status`` dirty):
+
+    * the order of the variables (the checkpoint's ``_all_variables/N`` keys, the object graph
+      and the save/restore functions in ``saved_model.pb``): Keras takes it from the traced
+      function's ``variables``, which TensorFlow collects in a set ordered by memory address.
+      The traced function gets the model's own variable order instead (``set_variables``);
+    * ``fingerprint.pb``'s ``uuid``, a random number drawn at every save (see
+      ``stable_fingerprint``).
+    """
+    keras = shipped.keras
+    archive = keras.export.ExportArchive()
+    signature = [keras.InputSpec(shape=t.shape, dtype=t.dtype, name=t.name) for t in model.inputs]
+    traced = archive.track_and_add_endpoint("serve", model, signature).get_concrete_function()
+    order = {id(v.value): i for i, v in enumerate(model.variables)}
+    traced.set_variables(
+        sorted(traced.variables, key=lambda v: (order.get(id(v), len(order)), v.name))
+    )
+    archive.write_out(str(path), verbose=False)
+    stable_fingerprint(path)
+
+
+def stable_fingerprint(saved_model: Path) -> None:
+    """Replace the random ``uuid`` of ``fingerprint.pb`` with one derived from its content hashes.
+
+    The other fields are hashes of the graph, the signatures, the object graph and the
+    checkpoint, so the same SavedModel gets the same id and a different one another id (the
+    same 128-bit decimal form TensorFlow writes).
+    """
+    from tensorflow.core.protobuf.fingerprint_pb2 import FingerprintDef
+
+    path = saved_model / "fingerprint.pb"
+    fingerprint = FingerprintDef.FromString(path.read_bytes())
+    fingerprint.ClearField("uuid")
+    digest = hashlib.sha256(fingerprint.SerializeToString(deterministic=True)).digest()
+    fingerprint.uuid = str(int.from_bytes(digest[:16], "big"))
+    path.write_bytes(fingerprint.SerializeToString(deterministic=True))
 
 
 def convert_tflite(saved_model: Path, path: Path) -> None:
@@ -159,7 +199,13 @@ def build(scratch: Path) -> None:
     keras = shipped.keras
     extractor = keras.saving.load_model(paths.EXTRACTOR, safe_mode=True, compile=False)
     head = keras.saving.load_model(paths.HEAD, safe_mode=True, compile=False)
+    prep = shipped.load_prep(paths.PREP)  # what split did to the training images
     size = int(load_npy(paths.split_images("test"), mmap=True).shape[1])
+    if prep.image_size != size:
+        raise PipelineError(
+            f"{paths.PREP} says {prep.image_size} px but the test images are {size} px: "
+            "run `dvc repro` to bring split's outputs in step."
+        )
     model = shipped.build_classifier(extractor, head, size)
     out = {p: shipped.in_models(p, scratch) for p in (paths.CLASSIFIER, *EXPORTED)}
     out[paths.EXPORT_DIR].mkdir()
@@ -167,7 +213,7 @@ def build(scratch: Path) -> None:
     export_saved_model(model, out[paths.EXPORT_SAVED_MODEL])
     convert_tflite(out[paths.EXPORT_SAVED_MODEL], out[paths.EXPORT_TFLITE])
     shipped.write_labels(out[paths.EXPORT_LABELS], read_json(paths.CLASSES))
-    write_json(out[paths.EXPORT_PREP], shipped.prep_settings(size))
+    write_json(out[paths.EXPORT_PREP], shipped.prep_settings(prep))
 
 
 def verify(scratch: Path) -> dict[str, dict]:

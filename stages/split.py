@@ -1,12 +1,16 @@
 """Stage 1, split: read the data source, validate it, write a seeded stratified train/val/test split.
 
-Source ``digits`` is scikit-learn's 1,797 real 8x8 handwritten digits (drawn as dark ink on
-white, like a scan); source ``folder`` is ``data.folder`` laid out as ``<class>/<image>``.
-Every image is decoded once, here, to ``data.image_size`` square RGB, and stored as uint8
-``.npy`` arrays that the later stages memory-map.
+Source ``digits`` is scikit-learn's 1,797 real 8x8 handwritten digits, ``mnist`` real 28 px
+MNIST digits (``stages/common/mnist.py``), both drawn as dark ink on white like a scan; source
+``folder`` is ``data.folder`` laid out as ``<class>/<image>``. Every image is decoded once,
+here, and prepared by ``prepare_image`` as the ``data.*`` image params say (crop to the ink,
+normalise, fit to a ``data.image_size`` square), then stored as uint8 ``.npy`` arrays that the
+later stages memory-map.
 
 Outputs (``data/split/``): ``{train,val,test}_images.npy``, ``{train,val,test}_labels.npy``,
-``manifest.csv`` (where each image came from), ``classes.json``, ``report.json``.
+``manifest.csv`` (where each image came from), ``classes.json``, ``report.json``, and
+``prep.json`` (the ``ImagePrep`` used, which predict applies to new images), and
+``test_originals.npy`` (each test image's file as it was, small, for evaluate's galleries).
 """
 
 from __future__ import annotations
@@ -14,7 +18,11 @@ from __future__ import annotations
 import csv
 import io
 import math
+import multiprocessing
+import os
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +31,15 @@ from PIL import Image
 from stages.common import paths
 from stages.common.errors import PipelineError, run_stage
 from stages.common.images import (
+    NOTES,
     SKIP_REASONS,
     ImageError,
+    ImagePrep,
     decode_image,
-    image_to_array,
+    decode_thumbnail,
+    prepare_image,
     scan_folder,
+    thumbnail,
 )
 from stages.common.io import npy_writer, save_npy, scratch_path, write_json, write_text
 from stages.common.params import load_params
@@ -38,22 +50,44 @@ READS: tuple = ()  # and data.folder, a param (dvc.yaml: ${data.folder})
 WRITES = (paths.SPLIT_DIR,)
 
 
-def load_digits_source(size: int) -> tuple[list[str], list, np.ndarray, list[str]]:
-    """scikit-learn's digits as (classes, items, labels, names); items are 8x8 uint8 images."""
+DIGIT_CLASSES = [str(d) for d in range(10)]
+THUMBNAIL = 96  # side of the small originals shown beside what the model saw
+
+
+def load_digits_source() -> tuple[list[str], list, np.ndarray, list[str], str]:
+    """scikit-learn's digits as (classes, items, labels, names, route); items are 8x8 uint8."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     # 0..16 ink intensity -> dark ink on white paper, 0..255.
     ink = np.rint(255 - digits.images * (255 / 16)).astype(np.uint8)
     names = [f"digits#{i}" for i in range(len(ink))]
-    return [str(c) for c in digits.target_names], list(ink), digits.target.astype(np.int32), names
+    route = "sklearn.datasets.load_digits (bundled with scikit-learn)"
+    return DIGIT_CLASSES, list(ink), digits.target.astype(np.int32), names, route
 
 
-def decode_item(item, size: int) -> np.ndarray:
+def load_mnist_source() -> tuple[list[str], list, np.ndarray, list[str], str]:
+    """Real MNIST digits as (classes, items, labels, names, route), dark ink on white."""
+    from stages.common.mnist import load_mnist
+
+    mnist = load_mnist()
+    ink = 255 - mnist.images  # MNIST is white ink on black
+    names = [f"mnist#{i}" for i in range(len(ink))]
+    return DIGIT_CLASSES, list(ink), mnist.labels, names, f"{mnist.route}: {mnist.description}"
+
+
+def original_thumbnail(item) -> np.ndarray:
+    """A small view of a source item as it was, upright, for evaluate's galleries."""
+    if isinstance(item, np.ndarray):
+        return thumbnail(Image.fromarray(item, mode="L"), THUMBNAIL)
+    return decode_thumbnail(item, THUMBNAIL)
+
+
+def decode_item(item, prep: ImagePrep, notes: list[str]) -> np.ndarray:
     """One source item (a file path, or an in-memory grayscale array) -> (size, size, 3) uint8."""
     if isinstance(item, np.ndarray):
-        return image_to_array(Image.fromarray(item, mode="L"), size)
-    return decode_image(item, size)
+        return prepare_image(Image.fromarray(item, mode="L"), prep, notes)
+    return decode_image(item, prep, notes)
 
 
 def round_half_up(x: float) -> int:
@@ -113,27 +147,59 @@ def stratified_split(
     return {s: np.sort(np.concatenate(parts[s])) for s in SPLITS}
 
 
+PARALLEL_FROM = 64  # files: below this, decoding in one process is quicker than starting more
+
+
+def _decode_one(job: tuple) -> tuple[np.ndarray | None, list[str], ImageError | None]:
+    """(image, notes, None), or (None, notes, the error) for an unusable file."""
+    item, prep = job
+    notes: list[str] = []
+    try:
+        return decode_item(item, prep, notes), notes, None
+    except ImageError as err:
+        return None, notes, err
+
+
+def _decode_all(items: list, prep: ImagePrep) -> Iterator[tuple]:
+    """``_decode_one`` of every item, in order; files on every core (photos are slow to decode)."""
+    jobs = ((item, prep) for item in items)
+    workers = min(os.cpu_count() or 1, 8)
+    if workers < 2 or len(items) < PARALLEL_FROM or isinstance(items[0], np.ndarray):
+        yield from map(_decode_one, jobs)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        yield from pool.map(_decode_one, jobs, chunksize=16)
+
+
 def decode_source(
-    items: list, names: list[str], size: int, path: Path
-) -> tuple[np.ndarray, list[int], dict[str, list[str]]]:
+    items: list, names: list[str], prep: ImagePrep, path: Path
+) -> tuple[np.ndarray, list[int], dict[str, list[str]], dict[str, list[str]]]:
     """Decode every item once into a memory-mapped .npy at ``path``; unusable files are skipped.
 
     Returns the memory-mapped images (rows of skipped files left zero), the indices that
-    decoded, and the names of those that did not, by SKIP_REASONS key.
+    decoded, the names of those that did not (by SKIP_REASONS key), and the names of those
+    used with a note (by NOTES key, e.g. a blank page left uncropped).
     """
     good: list[int] = []
     bad: dict[str, list[str]] = {}
+    noted: dict[str, list[str]] = {}
+    size = prep.image_size
     array = np.lib.format.open_memmap(
         path, mode="w+", dtype=np.uint8, shape=(len(items), size, size, 3)
     )
-    for i, item in enumerate(items):
-        try:
-            array[i] = decode_item(item, size)
+    for i, (image, notes, error) in enumerate(_decode_all(items, prep)):
+        if error is None:
+            array[i] = image
             good.append(i)
-        except ImageError as err:
-            print(f"  skipped: {err}")
-            bad.setdefault(err.reason, []).append(names[i])
-    return array, good, bad
+        else:
+            print(f"  skipped: {error}")
+            bad.setdefault(error.reason, []).append(names[i])
+        for note in notes:
+            noted.setdefault(note, []).append(names[i])
+    for note, which in noted.items():
+        shown = ", ".join(which[:5]) + (" ..." if len(which) > 5 else "")
+        print(f"  note: {len(which)} image(s), {NOTES[note]}: {shown}")
+    return array, good, bad, noted
 
 
 def print_skipped(skipped: dict[str, list[str]]) -> None:
@@ -159,10 +225,16 @@ def inside_repository(folder: str | Path) -> bool:
     return Path(folder).resolve().is_relative_to(Path.cwd().resolve())
 
 
-def load_source(data: dict) -> tuple[list[str], list, np.ndarray, list[str], dict[str, list[str]]]:
-    """Return (classes, items, labels, names, skipped) for the configured source."""
+def load_source(
+    data: dict,
+) -> tuple[list[str], list, np.ndarray, list[str], dict[str, list[str]], str]:
+    """Return (classes, items, labels, names, skipped, route) for the configured source."""
     if data["source"] == "digits":
-        return (*load_digits_source(data["image_size"]), {})
+        classes, items, labels, names, route = load_digits_source()
+        return classes, items, labels, names, {}, route
+    if data["source"] == "mnist":
+        classes, items, labels, names, route = load_mnist_source()
+        return classes, items, labels, names, {}, route
     folder = data["folder"]
     scan = scan_folder(folder)
     print_skipped(scan.skipped)
@@ -190,7 +262,7 @@ def load_source(data: dict) -> tuple[list[str], list, np.ndarray, list[str], dic
     names = [str(path.relative_to(folder)) for path in items]
     labels = np.array([label for _, label in scan.files], dtype=np.int32)
     check_classes(scan.classes, labels, folder)
-    return scan.classes, items, labels, names, scan.skipped
+    return scan.classes, items, labels, names, scan.skipped, f"folder {folder}"
 
 
 def check_classes(classes: list[str], labels: np.ndarray, folder: str) -> None:
@@ -226,10 +298,28 @@ def main() -> None:
     params = load_params("data", "split")
     data, split = params["data"], params["split"]
     start = time.perf_counter()
-    classes, items, labels, names, skipped = load_source(data)
-    size = data["image_size"]
+    classes, items, labels, names, skipped, route = load_source(data)
+    if data["source"] != "folder" and data["max_per_class"] is not None:
+        # In-memory digits always decode: choose before decoding (MNIST has 10,000 or 70,000).
+        keep = np.sort(
+            np.concatenate(
+                list(
+                    stratified_split(
+                        labels,
+                        classes,
+                        split["val"],
+                        split["test"],
+                        split["seed"],
+                        data["max_per_class"],
+                    ).values()
+                )
+            )
+        )
+        items, labels, names = [items[i] for i in keep], labels[keep], [names[i] for i in keep]
+    prep = ImagePrep.from_params(data)
+    size = prep.image_size
     with scratch_path(paths.SPLIT_DIR, ".npy") as scratch:
-        images, good, bad = decode_source(items, names, size, scratch)
+        images, good, bad, noted = decode_source(items, names, prep, scratch)
         for reason, files in bad.items():
             skipped.setdefault(reason, []).extend(files)
         labels, names = labels[good], [names[i] for i in good]
@@ -245,12 +335,19 @@ def main() -> None:
                     out[start_row : start_row + 1024] = images[rows[start_row : start_row + 1024]]
             save_npy(paths.split_labels(name), labels[parts[name]])
         del images
+    test_items = [items[i] for i in np.asarray(good)[parts["test"]]]
+    save_npy(paths.TEST_ORIGINALS, np.stack([original_thumbnail(item) for item in test_items]))
     write_manifest(parts, labels, names, classes)
     write_json(paths.CLASSES, classes)
+    write_json(paths.PREP, prep.as_dict())
     report = {
-        "source": "sklearn digits" if data["source"] == "digits" else str(data["folder"]),
+        "source": {"digits": "sklearn digits", "mnist": "mnist"}.get(
+            data["source"], str(data["folder"])
+        ),
+        "route": route,
         "classes": len(classes),
         "image_size": size,
+        "prep": prep.as_dict(),
         "images": {s: len(parts[s]) for s in SPLITS},
         "per_class": {
             s: dict(
@@ -265,6 +362,8 @@ def main() -> None:
         # Every reason, 0 included, so that `dvc metrics diff` always compares the same keys.
         "skipped": {reason: len(skipped.get(reason, [])) for reason in SKIP_REASONS},
         "skipped_files": {reason: files for reason, files in sorted(skipped.items())},
+        "notes": {note: len(noted.get(note, [])) for note in NOTES},
+        "note_files": {note: names for note, names in sorted(noted.items())},
     }
     write_json(paths.SPLIT_REPORT, report)
     counts = ", ".join(f"{s} {len(parts[s])}" for s in SPLITS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -120,3 +121,22 @@ def test_stages_write_metrics_without_importing_tensorflow(
         assert predicted.tolist() == np.load(tmp_path / paths.split_labels("test")).tolist()
     assert pixels["pixel_size"] == params["baselines"]["pixel_size"]
     assert features["feature_dim"] == 6
+
+
+@pytest.mark.parametrize("per_class", [1, 3])
+def test_svm_handles_classes_with_fewer_training_images_than_folds(per_class: int) -> None:
+    """A class with 1 (no fold to hold out) or 3 training images (fewer than 5 folds) still
+    gets a Platt-scaled SVM: split accepts such classes, so the baseline must too."""
+    from stages.baselines_pixels import platt_folds, svm_grid, svm_rbf
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), [per_class, 6, 6]).astype(np.int32)
+    x = rng.normal(size=(len(y), 4)) + 4 * y[:, None]
+    assert platt_folds(y) == min(5, per_class)
+    data = {"train": (x, y), "val": (x, y), "test": (x, y)}
+    result, predicted = select_on_val(
+        functools.partial(svm_rbf, folds=platt_folds(y)), svm_grid(x)[:2], data
+    )
+    assert predicted.shape == y.shape
+    assert 0 <= result["test_accuracy"] <= 1
+    assert np.isfinite(result["val_log_loss"])

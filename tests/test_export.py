@@ -9,6 +9,7 @@ stops the stage with a message, and nothing is written.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run
+from conftest import git_commit, git_status, run
 
 from stages.export import ExportError, check, compare
 
@@ -77,7 +78,10 @@ def test_exported_models_agree_with_the_trained_pipeline(shipped_repo: Path):
     assert metrics["size_bytes"]["export/classifier.tflite"] == tflite.stat().st_size
     classes = json.loads((shipped_repo / "data/split/classes.json").read_text())
     assert (models / "export/labels.txt").read_text().splitlines() == classes
-    assert json.loads((models / "export/prep.json").read_text()) == {"image_size": 32}
+    # split's own preparation settings, so that predict and serve prepare images as training did
+    assert json.loads((models / "export/prep.json").read_text()) == json.loads(
+        (shipped_repo / "data/split/prep.json").read_text()
+    )
     assert not list(models.glob(".scratch-*")), "the scratch folder is removed"
     status = run(["dvc", "status", "export"], shipped_repo).stdout
     assert "up to date" in status, status
@@ -156,3 +160,33 @@ def test_changed_preprocessing_fails_the_check_and_writes_nothing(
     assert not (repo / "metrics/export.json").exists()
     assert not list((repo / "models").glob(".scratch-*"))
     assert (repo / "dvc.lock").read_text() == lock
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """md5 of every file under ``folder``, by relative path."""
+    return {
+        str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.slow
+def test_export_is_byte_identical_in_fresh_processes(shipped_repo: Path, tmp_path: Path):
+    """Issue #13: the same inputs give the same bytes, so dvc.lock and ``git status`` stay clean.
+
+    The SavedModel used to differ at every save: its variables in memory-address order and a
+    random ``uuid`` in fingerprint.pb. Here the export runs twice more, each in a fresh
+    process (``dvc repro -f``), after the one that built ``shipped_repo``.
+    """
+    repo = tmp_path / "repo"
+    shutil.copytree(shipped_repo, repo, symlinks=True)
+    git_commit(repo, "the shipped pipeline, dvc.lock included")
+    first = digests(repo / "models")
+    assert "export/saved_model/fingerprint.pb" in first and "export/classifier.tflite" in first
+    for _ in range(2):
+        run(["dvc", "repro", "--force", "--single-item", "export"], repo)
+        again = digests(repo / "models")
+        assert again.keys() == first.keys()
+        assert [name for name in first if again[name] != first[name]] == []
+    assert git_status(repo) == ""

@@ -20,13 +20,22 @@ from stages.common.images import (
     MAX_PIXELS,
     SKIP_REASONS,
     ImageError,
+    ImagePrep,
     decode_image,
     scan_folder,
 )
 
+# The pipeline's behaviour before the image-preparation params: every format case below is
+# about decoding, not about cropping or normalising.
+PLAIN = {"fit": "stretch", "crop": "none", "normalise": "none"}
+
+
+def plain(size: int = 32) -> ImagePrep:
+    return ImagePrep(image_size=size, **PLAIN)
+
 
 def decode(path: Path, size: int = 32) -> np.ndarray:
-    out = decode_image(path, size)
+    out = decode_image(path, plain(size))
     assert out.shape == (size, size, 3) and out.dtype == np.uint8
     return out
 
@@ -284,7 +293,7 @@ def test_unusable_file_raises_image_error_naming_it(tmp_path, kind):
     make, reason = BAD_FILES[kind]
     path = make(tmp_path)
     with pytest.raises(ImageError) as info:
-        decode_image(path, 32)
+        decode_image(path, plain())
     assert info.value.reason == reason
     assert str(info.value).startswith(f"{path}: ")
     assert reason in SKIP_REASONS
@@ -302,7 +311,7 @@ def test_image_just_above_max_pixels_is_refused_before_decoding(tmp_path):
     assert path.stat().st_size < 100_000
     assert Image.open(path).size == (width, height)
     with pytest.raises(ImageError, match=rf"8001x8000 pixels is more than the {MAX_PIXELS:,}"):
-        decode_image(path, 32)
+        decode_image(path, plain())
 
 
 def test_header_at_exactly_max_pixels_passes_the_size_check(tmp_path):
@@ -310,7 +319,7 @@ def test_header_at_exactly_max_pixels_passes_the_size_check(tmp_path):
     path = tmp_path / "exact.png"
     path.write_bytes(png_bytes(8000, 8000, 8, 0, None))
     with pytest.raises(ImageError) as info:
-        decode_image(path, 32)
+        decode_image(path, plain())
     assert info.value.reason == "unreadable_image"
 
 
@@ -384,7 +393,7 @@ def test_scanning_and_decoding_never_write_into_the_folder(messy):
     before = snapshot(messy)
     scan = scan_folder(messy)
     for path, _ in scan.files:
-        decode_image(path, 32)
+        decode_image(path, plain())
     assert snapshot(messy) == before
 
 

@@ -88,7 +88,7 @@ BAD_VALUES = [
     ("data.image_size", "64", "an integer in [32, 1024]", "remove the quotes"),
     ("data.max_per_class", 0, "null or an integer >= 1", ""),
     ("data.max_per_class", True, "null or an integer >= 1", "booleans"),
-    ("data.source", "foldr", "one of ['digits', 'folder']", "Did you mean 'folder'?"),
+    ("data.source", "foldr", "one of ['digits', 'mnist', 'folder']", "Did you mean 'folder'?"),
     ("data.folder", "", "a non-empty string", ""),
     ("data.folder", None, "a non-empty string", "null"),
     ("split.val", 0, "a number in (0, 1)", ""),

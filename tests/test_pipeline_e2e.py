@@ -129,11 +129,17 @@ def test_augment_change_reruns_augment_onward(repo: Path) -> None:
 
 
 def test_predict_agrees_with_evaluate(repo: Path, tmp_path: Path) -> None:
-    images = np.load(repo / paths.split_images("test"))
+    from sklearn.datasets import load_digits
+
     rows = list(csv.DictReader((repo / paths.PREDICTIONS).open()))
-    assert len(rows) == len(images)
-    for i, image in enumerate(images):
-        Image.fromarray(image).save(tmp_path / f"{i:04d}.png")
+    assert len(rows) == len(np.load(repo / paths.split_images("test")))
+    # The test digits as a user would have them: 8x8 files of dark ink on white, which predict
+    # decodes and prepares (crop, normalisation, fit) exactly as split did.
+    digits = load_digits().images
+    for i, row in enumerate(rows):
+        index = int(row["source"].removeprefix("digits#"))
+        ink = np.rint(255 - digits[index] * (255 / 16)).astype(np.uint8)
+        Image.fromarray(ink, mode="L").save(tmp_path / f"{i:04d}.png")
     (tmp_path / "notes.png").write_text("not an image")
     out = tmp_path / "predictions.csv"
     result = run(
@@ -144,7 +150,7 @@ def test_predict_agrees_with_evaluate(repo: Path, tmp_path: Path) -> None:
     assert result.returncode == 1  # one unreadable file...
     assert "notes.png" in result.stderr and "not a readable image" in result.stderr
     predicted = list(csv.DictReader(out.open()))  # ...but every real image was classified
-    assert [Path(r["path"]).name for r in predicted] == [f"{i:04d}.png" for i in range(len(images))]
+    assert [Path(r["path"]).name for r in predicted] == [f"{i:04d}.png" for i in range(len(rows))]
     assert [r["class_1"] for r in predicted] == [r["predicted"] for r in rows]
     probabilities = [float(r["probability_1"]) for r in predicted]
     assert np.allclose(probabilities, [float(r["confidence"]) for r in rows], atol=2e-3)

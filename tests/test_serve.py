@@ -41,6 +41,23 @@ def tree(folder: Path) -> dict[str, tuple[int, int]]:
     }
 
 
+def source_digits(repo: Path) -> list[np.ndarray]:
+    """The test split's digits as their source arrays (dark ink on white, 8x8), in test order.
+
+    Uploading these (not the prepared images) gives exactly split's preparation, and so
+    evaluate's predictions: preparing a prepared image again would crop it a second time.
+    """
+    from sklearn.datasets import load_digits
+
+    with (repo / "data/split/manifest.csv").open() as f:
+        sources = [row["source"] for row in csv.DictReader(f) if row["split"] == "test"]
+    digits = load_digits().images
+    return [
+        np.rint(255 - digits[int(s.removeprefix("digits#"))] * (255 / 16)).astype(np.uint8)
+        for s in sources
+    ]
+
+
 class Site:
     """The running server, the tiny repository behind it and what the tests compare with."""
 
@@ -52,7 +69,8 @@ class Site:
         )
         split = urllib.parse.urlsplit(self.server.url)
         self.host, self.port = split.hostname, split.port
-        self.images = np.load(repo / "data/split/test_images.npy")
+        self.images = np.load(repo / "data/split/test_images.npy")  # as the model saw them
+        self.files = source_digits(repo)  # the same test digits as a user has them (8x8)
         with (repo / "plots/predictions.csv").open() as f:
             self.expected = [row["predicted"] for row in csv.DictReader(f)]
         self.classes = json.loads((repo / "data/split/classes.json").read_text())
@@ -147,13 +165,13 @@ def test_page_is_local_and_self_contained(site: Site):
 
 
 def test_a_test_image_gets_its_class_and_the_prepared_image(site: Site):
-    status, answer = site.post(png(site.images[0]), "digit.png")
+    status, answer = site.post(png(site.files[0]), "digit.png")
     assert status == 200, answer
     assert answer["name"] == "digit.png"
     assert answer["top"][0]["class"] == site.expected[0]
     assert len(answer["top"]) == 3 and sum(t["probability"] for t in answer["top"]) <= 1 + 1e-6
     shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["image"].split(",", 1)[1]))))
-    assert np.array_equal(shown, site.images[0])  # a prepared image goes through unchanged
+    assert np.array_equal(shown, site.images[0])  # prepared exactly as split prepared it
 
 
 def bomb() -> bytes:
@@ -178,7 +196,7 @@ def test_bad_input_gets_a_message_and_the_server_keeps_serving(site, body, reaso
     assert answer["reason"] == reason and words in answer["error"]
     assert answer["error"].startswith("mine.png: ")  # the visitor's name, not the temp file's
     assert str(site.tmp) not in answer["error"]
-    status, answer = site.post(png(site.images[1]), "next.png")
+    status, answer = site.post(png(site.files[1]), "next.png")
     assert status == 200 and answer["top"][0]["class"] == site.expected[1]
 
 
@@ -200,7 +218,7 @@ def test_an_upload_above_the_limit_is_refused_from_its_content_length(site: Site
     conn.endheaders()
     assert conn.getresponse().status == 411
     conn.close()
-    assert site.post(png(site.images[2]))[0] == 200
+    assert site.post(png(site.files[2]))[0] == 200
 
 
 def test_50_concurrent_requests_are_all_answered(site: Site):
@@ -208,9 +226,9 @@ def test_50_concurrent_requests_are_all_answered(site: Site):
     start = threading.Barrier(n)
 
     def one(i: int) -> tuple[int, str, str]:
-        k = i % len(site.images)
+        k = i % len(site.files)
         start.wait(timeout=60)
-        status, answer = site.post(png(site.images[k]), f"load_{i}.png")
+        status, answer = site.post(png(site.files[k]), f"load_{i}.png")
         return status, answer.get("top", [{}])[0].get("class"), site.expected[k]
 
     began = time.monotonic()
@@ -226,7 +244,7 @@ def test_50_concurrent_requests_are_all_answered(site: Site):
 
 
 def test_upload_test_images_in_the_page_shows_their_classes(page, site: Site):
-    upload(page, [(f"test_{i}.png", png(site.images[i])) for i in (0, 1, 2)])
+    upload(page, [(f"test_{i}.png", png(site.files[i])) for i in (0, 1, 2)])
     for i in (0, 1, 2):
         card = result(page, f"test_{i}.png")
         assert card.get_attribute("data-status") == "ok"
@@ -247,8 +265,10 @@ def test_draw_a_digit_with_the_mouse_and_get_a_prediction(page, site: Site):
     assert seen.shape == (32, 32)
     ink = seen < 128
     assert 0.02 < ink.mean() < 0.4, "the strokes arrive as ink on paper"
-    assert ink[6, 10:22].mean() > 0.8, "the bar of the 7 across the top"
-    assert ink[20:, :6].sum() == 0 and ink[:4].sum() == 0, "nothing where nothing was drawn"
+    # Cropped to the ink with a 15 % margin (data.crop: ink): the 7's bar, drawn at 20 % of
+    # the pad's height, lies near row 4 of 32, from about column 7 to 25.
+    assert ink[2:7, 9:23].any(axis=0).mean() > 0.8, "the bar of the 7 across the top"
+    assert ink[20:, :6].sum() == 0 and ink[:1].sum() == 0, "nothing where nothing was drawn"
     page.click("#clear")
     draw(page, [[(0.5, 0.15), (0.5, 0.85)]])
     card = result(page, "drawing", strokes=1)
@@ -266,14 +286,14 @@ def test_a_corrupt_upload_shows_the_message_and_a_good_one_still_works(page, sit
     assert "empty file" in result(page, "empty.png").locator(".message").text_content()
     upload(page, [("large.png", b"\0" * (MAX_UPLOAD_MB * 1_000_000 + 1))])
     assert "more than the 1.0 MB" in result(page, "large.png").locator(".message").text_content()
-    upload(page, [("good.png", png(site.images[3]))])
+    upload(page, [("good.png", png(site.files[3]))])
     card = result(page, "good.png")
     assert card.get_attribute("data-status") == "ok"
     assert card.get_attribute("data-top1") == site.expected[3]
 
 
 def test_page_screenshot_is_not_blank(page, site: Site, tmp_path: Path):
-    upload(page, [("test_0.png", png(site.images[0]))])
+    upload(page, [("test_0.png", png(site.files[0]))])
     result(page, "test_0.png")
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
     pixels = np.asarray(Image.open(tmp_path / "page.png").convert("RGB")).astype(int)

@@ -144,11 +144,19 @@ def test_split_is_reproducible_byte_for_byte(repo, photos):
     assert {p.name: p.read_bytes() for p in (repo / paths.SPLIT_DIR).iterdir()} == first
 
 
-def test_digits_source_reports_zero_skips_for_every_reason(repo):
-    write_params(repo, {"data.image_size": 32, "data.max_per_class": 10})
+@pytest.mark.parametrize("source", ["digits", "mnist"])
+def test_digit_sources_report_zero_skips_for_every_reason(repo, source):
+    write_params(repo, {"data.source": source, "data.image_size": 32, "data.max_per_class": 10})
     result = run(["python", "-m", "stages.split"], repo, timeout=120)
-    assert "10 classes" in result.stdout
-    assert read_report(repo)["skipped"] == dict.fromkeys(SKIP_REASONS, 0)
+    assert "10 classes, train 60, val 20, test 20 images" in result.stdout
+    report = read_report(repo)
+    assert report["skipped"] == dict.fromkeys(SKIP_REASONS, 0)
+    assert report["source"] == {"digits": "sklearn digits", "mnist": "mnist"}[source]
+    assert {"digits": "sklearn", "mnist": "mnist"}[source] in report["route"]  # which route
+    assert report["notes"] == {"no_ink_found": 0}
+    assert json.loads((repo / "data/split/prep.json").read_text()) == report["prep"]
+    originals = np.load(repo / "data/split/test_originals.npy")
+    assert originals.shape == (20, 96, 96, 3) and originals.dtype == np.uint8
 
 
 def test_empty_class_folder_is_an_error(repo, tmp_path):

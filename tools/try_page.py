@@ -2,10 +2,10 @@
 
 Used by ``tests/test_serve.py`` and to take the README's screenshot::
 
-    python -m tools.try_page docs/serve.png   # with models/ from `dvc repro`
+    python -m tools.try_page docs/serve.png [IMAGE ...]   # with models/ from `dvc repro`
 
-which starts the server on a free port, uploads three test images, draws a digit with the
-mouse and saves a screenshot of the page.
+which starts the server on a free port, uploads the image files given (or three test images,
+already prepared), draws a digit with the mouse and saves a screenshot of the page.
 """
 
 from __future__ import annotations
@@ -137,20 +137,26 @@ def result(page, name: str, strokes: int | None = None, timeout: float = 60_000)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m tools.try_page OUT.png [IMAGE ...]``: upload the image files given (the
+    first three test images when none are) and draw a 7, then save a screenshot."""
     from playwright.sync_api import sync_playwright
 
-    out = Path((argv or sys.argv[1:] or ["docs/serve.png"])[0])
-    images, labels = np.load(paths.split_images("test")), np.load(paths.split_labels("test"))
-    classes = json.loads(paths.CLASSES.read_text(encoding="utf-8"))
+    args = argv if argv is not None else sys.argv[1:]
+    out = Path(args[0] if args else "docs/serve.png")
+    if args[1:]:
+        files = [(Path(f).name, Path(f).read_bytes()) for f in args[1:]]
+    else:
+        images, labels = np.load(paths.split_images("test")), np.load(paths.split_labels("test"))
+        classes = json.loads(paths.CLASSES.read_text(encoding="utf-8"))
+        files = [(f"test image {i} (a {classes[labels[i]]}).png", png(images[i])) for i in range(3)]
     server = Server(Path.cwd())
     try:
         with sync_playwright() as p:
             browser = launch_chromium(p)
             page = browser.new_page(viewport={"width": 1000, "height": 860})
             page.goto(server.url)
-            names = [f"test image {i} (a {classes[labels[i]]}).png" for i in range(3)]
-            upload(page, [(names[i], png(images[i])) for i in (2, 1, 0)])
-            for name in names:
+            upload(page, files[::-1])
+            for name, _ in files:
                 result(page, name)
             draw(page, SEVEN)
             page.wait_for_timeout(500)

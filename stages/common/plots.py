@@ -63,8 +63,13 @@ def draw_gallery(
     title: str,
     path: Path,
     show_truth: bool,
+    originals: np.ndarray | None = None,
 ) -> None:
-    """A grid of images on black, each captioned with its prediction: yellow right, red wrong."""
+    """A grid of images on black, each captioned with its prediction: yellow right, red wrong.
+
+    Each tile is the image as the model saw it (after crop, normalisation and fit); with
+    ``originals``, the file as it was is inset small in its top-left corner.
+    """
     plt = pyplot()
     n = max(len(images), 1)
     cols = min(10, n)
@@ -75,8 +80,15 @@ def draw_gallery(
     fig.patch.set_facecolor("black")
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, y, p in zip(axes.flat, images, labels, predicted, strict=False):
+    for i, (ax, image, y, p) in enumerate(zip(axes.flat, images, labels, predicted, strict=False)):
         ax.imshow(image)
+        if originals is not None:
+            inset = ax.inset_axes((0.0, 0.66, 0.34, 0.34))
+            inset.imshow(originals[i])
+            inset.set_xticks([])
+            inset.set_yticks([])
+            for spine in inset.spines.values():
+                spine.set_edgecolor("white")
         caption = f"{classes[y]}→{classes[p]}" if show_truth else classes[p]
         ax.set_title(
             caption, color=RIGHT if y == p else WRONG, fontsize=12, fontweight="bold", pad=2
