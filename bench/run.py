@@ -97,7 +97,7 @@ def probe(name: str, cwd: Path = ROOT, **kwargs: Any) -> dict[str, Any]:
     lines = [line for line in done.output.splitlines() if line.startswith(RESULT_PREFIX)]
     if not lines:
         raise RuntimeError(f"probe {name} printed no result:\n{done.output[-4000:]}")
-    print(f"  {name} {kwargs}: {done.seconds:.0f}s", flush=True)
+    print(f"  {name} {kwargs or ''}: {done.seconds:.0f}s", flush=True)
     return json.loads(lines[-1].removeprefix(RESULT_PREFIX))
 
 
