@@ -13,6 +13,7 @@ import pytest
 from conftest import REPO_ROOT, run
 
 from stages.common import paths
+from stages.common.images import ImagePrep
 from stages.common.stats import wilson_interval
 
 CLASSES = ["a", "b", "c"]
@@ -52,8 +53,11 @@ def write_inputs(root: Path) -> None:
     with open(root / paths.MANIFEST, "w", newline="", encoding="utf-8") as f:
         csv.writer(f, lineterminator="\n").writerows(rows)
     (root / paths.CLASSES).write_text(json.dumps(CLASSES))
-    report = {"images": COUNTS, "skipped": {"empty_file": 0}}
+    report = {"images": COUNTS, "skipped": {"empty_file": 0}, "notes": {"no_ink_found": 0}}
     (root / paths.SPLIT_REPORT).write_text(json.dumps(report))
+    (root / paths.PREP).write_text(json.dumps(ImagePrep(image_size=32).as_dict()))
+    n_test = len(labels["test"])
+    np.save(root / paths.TEST_ORIGINALS, rng.integers(0, 256, (n_test, 16, 16, 3), np.uint8))
     info = {
         "weights": {"spec": "random", "source": "seeded", "sha256": "0" * 64},
         "layer": "conv4_block3_out",
