@@ -116,8 +116,10 @@ def test_train_change_reruns_only_train_evaluate_and_export(repo: Path) -> None:
 
 def test_augment_change_reruns_augment_onward(repo: Path) -> None:
     write_params(repo, {"augment.rotation": 0.1})
+    # baselines_pixels reads the augmented copies too (baselines.train_on: augmented).
     assert repro(repo) == {
         "augment",
+        "baselines_pixels",
         "extract",
         "train",
         "evaluate",
