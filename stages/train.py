@@ -177,7 +177,31 @@ def fit_head(
     return ran, (stopper[0].best_epoch + 1 if stopper else ran)
 
 
-def write_predictions(model, n_train: int) -> None:
+PREDICT_ROWS = 8192  # feature vectors per call of the head in write_predictions
+
+
+def head_probabilities(keras, model, features: np.ndarray) -> np.ndarray:
+    """The head's class probabilities for ``features``, as float32, in chunks of PREDICT_ROWS.
+
+    Direct calls of the model (inference mode), not ``model.predict``: predict traces a new
+    function and builds a data adapter for each call, about 0.1 s each here for a few hundred
+    vectors; the numbers are the same (``tests/test_train.py`` compares with predict).
+    """
+    chunks = [
+        keras.ops.convert_to_numpy(
+            model(np.asarray(features[i : i + PREDICT_ROWS]), training=False)
+        )
+        for i in range(0, len(features), PREDICT_ROWS)
+    ]
+    n_classes = model.output_shape[-1]
+    return (
+        np.concatenate(chunks).astype(np.float32)
+        if chunks
+        else np.zeros((0, n_classes), np.float32)
+    )
+
+
+def write_predictions(keras, model, n_train: int) -> None:
     """The head's class probabilities for each split's cached features, as float32 ``.npy``.
 
     Train keeps its first ``n_train`` rows: the original images, not their augmented copies.
@@ -185,8 +209,7 @@ def write_predictions(model, n_train: int) -> None:
     for split in paths.SPLITS:
         features = load_npy(paths.features(split), mmap=True)
         rows = n_train if split == "train" else len(features)
-        probs = model.predict(np.asarray(features[:rows]), batch_size=1024, verbose=0)
-        save_npy(paths.probs(split), probs.astype(np.float32))
+        save_npy(paths.probs(split), head_probabilities(keras, model, features[:rows]))
 
 
 def main() -> None:
@@ -203,7 +226,7 @@ def main() -> None:
     with atomic_path(paths.TRAIN_LOG) as log:
         ran, best = fit_head(keras, model, (x_train, y_train), (x_val, y_val), train, log)
         save_model(model, paths.HEAD)
-        write_predictions(model, len(load_npy(paths.split_labels("train"))))
+        write_predictions(keras, model, len(load_npy(paths.split_labels("train"))))
     print(
         f"train: wrote {paths.HEAD} ({model.count_params():,} parameters, weights of epoch "
         f"{best}, selected on {train['monitor']}), {paths.TRAIN_LOG} and {paths.PROBS_DIR}/ "
