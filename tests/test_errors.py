@@ -100,3 +100,43 @@ def _fails() -> None:
 
 def test_stage_name_is_the_module_name():
     assert stage_name(train.main) == "train"
+
+
+# A process that runs run_stage: with __main__ named like a stage module (as `python -m
+# stages.<name>` names it) or not; an atexit handler shows whether Python's teardown ran.
+_FAST_EXIT = """
+import atexit, sys
+from importlib.machinery import ModuleSpec
+from stages.common.errors import run_stage
+if sys.argv[1] == "stage":
+    sys.modules["__main__"].__spec__ = ModuleSpec("stages.fake", None)
+atexit.register(lambda: print("teardown ran"))
+def main():
+    print("main done")
+    sys.stderr.write("last stderr line\\n")
+run_stage(main)
+print("after run_stage")
+"""
+
+
+@pytest.mark.parametrize("kind", ["stage", "other"])
+def test_a_finished_stage_process_exits_without_teardown(kind: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-c", _FAST_EXIT, kind],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "main done" in done.stdout and "last stderr line" in done.stderr  # flushed first
+    if kind == "stage":  # os._exit(0) right after main(): no teardown, nothing after it
+        assert "teardown ran" not in done.stdout and "after run_stage" not in done.stdout
+    else:  # a test or notebook calling run_stage keeps running
+        assert "after run_stage" in done.stdout and "teardown ran" in done.stdout

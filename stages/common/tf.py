@@ -22,6 +22,8 @@ import re
 import subprocess
 import sys
 
+from stages.common.errors import is_stage_process
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -76,12 +78,6 @@ def filter_stderr() -> None:
     _filtering = True
 
 
-def _is_stage_process() -> bool:
-    """True when this process was started as ``python -m stages.<name>``."""
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    return spec is not None and spec.name.startswith("stages.")
-
-
 def setup_keras(seed: int | None = None, *, quiet: bool | None = None):
     """Import Keras quietly; with a seed, make every random op and kernel reproducible.
 
@@ -90,7 +86,7 @@ def setup_keras(seed: int | None = None, *, quiet: bool | None = None):
     module. Op determinism makes the same commit and params give byte-identical outputs on the
     same machine.
     """
-    if quiet if quiet is not None else _is_stage_process():
+    if quiet if quiet is not None else is_stage_process():
         filter_stderr()
     import keras
 
