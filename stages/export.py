@@ -6,7 +6,8 @@ Writes ``models/classifier.keras`` (a prepared uint8 image -> class probabilitie
 
 The check, before anything is written: every exported model (reloaded from its file) classifies
 the test images (``data/split/test_images.npy``) and its probabilities are compared with the
-head on the cached test features, which is what evaluate scores. Top-1 must be equal for every
+head's on the cached test features as train wrote them (``data/predictions/test_probs.npy``),
+which is what evaluate scores. Top-1 must be equal for every
 image and every probability within ``TOLERANCE`` (TFLite in float32). A model whose
 preprocessing differs from the one the features were extracted with fails here, loudly, and
 nothing is written (the files are built in a scratch folder and moved into place only after
@@ -34,7 +35,7 @@ from stages.common.io import load_npy, read_json, remove_leftovers, save_model, 
 READS = (
     paths.EXTRACTOR,
     paths.HEAD,
-    paths.features("test"),
+    paths.probs("test"),
     paths.split_images("test"),
     paths.split_labels("test"),
     paths.CLASSES,
@@ -213,13 +214,13 @@ def build(scratch: Path) -> None:
     export_saved_model(model, out[paths.EXPORT_SAVED_MODEL])
     convert_tflite(out[paths.EXPORT_SAVED_MODEL], out[paths.EXPORT_TFLITE])
     shipped.write_labels(out[paths.EXPORT_LABELS], read_json(paths.CLASSES))
-    write_json(out[paths.EXPORT_PREP], shipped.prep_settings(prep))
+    write_json(out[paths.EXPORT_PREP], prep.as_dict())
 
 
 def verify(scratch: Path) -> dict[str, dict]:
-    """Each exported file, reloaded, on the test images against the head on the cached features."""
-    head = shipped.keras.saving.load_model(paths.HEAD, safe_mode=True, compile=False)
-    reference = head.predict(load_npy(paths.features("test")), batch_size=1024, verbose=0)
+    """Each exported file, reloaded, on the test images against the head's probabilities on the
+    cached test features, as train wrote them (and evaluate scores them)."""
+    reference = load_npy(paths.probs("test"))
     images = load_npy(paths.split_images("test"))
     runners = {
         "keras": keras_probabilities(shipped.in_models(paths.CLASSIFIER, scratch)),

@@ -83,11 +83,6 @@ def read_labels(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
-def prep_settings(prep: ImagePrep) -> dict[str, Any]:
-    """What export writes to prep.json: the settings ``decode_image`` needs (split's own)."""
-    return prep.as_dict()
-
-
 def load_prep(path: Path) -> ImagePrep:
     """prep.json -> the second argument of ``decode_image``."""
     return ImagePrep.from_params(read_json(path))
