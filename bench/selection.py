@@ -2,11 +2,11 @@
 
     python -m bench.selection [--keys train.dropout ...] [--seeds 42 7 123] [--head-seeds 42 1]
 
-The rule (README "Model selection"): the lowest mean **val log-loss** (plain, unsmoothed
-cross-entropy of the val images, ``metrics.json`` ``val.log_loss``) over split seeds x head
-seeds. It is the quantity early stopping monitors inside each run (``train.monitor``), so one
-criterion picks the epoch and every default. Test is not read: the record holds val figures
-only, so that nothing here can be tuned on the test set.
+The rule (README "Model selection"): the fewest **val errors** summed over split seeds x head
+seeds, and among equals the lowest mean **val log-loss** (plain, unsmoothed cross-entropy of the
+val images, ``metrics.json`` ``val.log_loss``). Errors first because the log-loss of settings
+with different label smoothing is not comparable (smoothing caps every confidence). Test is not
+read: the record holds val figures only, so that nothing here can be tuned on the test set.
 
 One key at a time, from the current params.yaml (coordinate-wise): for each key in
 ``CANDIDATES`` every value is run with ``dvc exp run -S key=value -S split.seed=S
@@ -77,11 +77,16 @@ def val_scores(repo: Path, sets: list[str]) -> dict[str, float]:
     if result.returncode != 0:
         sys.exit(f"`{' '.join(cmd)}` failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     val = json.loads((repo / paths.METRICS).read_text())["val"]
-    return {"val_log_loss": val["log_loss"], "val_accuracy": val["accuracy"]}
+    return {
+        "val_errors": val["n"] - val["right"],
+        "val_log_loss": val["log_loss"],
+        "val_accuracy": val["accuracy"],
+    }
 
 
 def select(repo: Path, key: str, seeds: list[int], head_seeds: list[int]) -> dict:
-    """Every candidate of ``key`` over all seeds; the one with the lowest mean val log-loss."""
+    """Every candidate of ``key`` over all seeds; the fewest val errors, then the lowest mean val
+    log-loss."""
     tried: dict[str, dict] = {}
     for value in CANDIDATES[key]:
         runs = []
@@ -95,13 +100,14 @@ def select(repo: Path, key: str, seeds: list[int], head_seeds: list[int]) -> dic
             runs.append({"seed": seed, "head_seed": head_seed, **val_scores(repo, sets)})
             print(f"{key}={as_cli(value)} seed {seed}/{head_seed}: {runs[-1]}", flush=True)
         tried[as_cli(value)] = {
+            "val_errors": int(sum(r["val_errors"] for r in runs)),
             "mean_val_log_loss": round(float(np.mean([r["val_log_loss"] for r in runs])), 6),
             "mean_val_accuracy": round(float(np.mean([r["val_accuracy"] for r in runs])), 6),
             "runs": runs,
         }
-    chosen = min(tried, key=lambda v: tried[v]["mean_val_log_loss"])
+    chosen = min(tried, key=lambda v: (tried[v]["val_errors"], tried[v]["mean_val_log_loss"]))
     return {
-        "rule": "lowest mean val log-loss",
+        "rule": "fewest val errors, then lowest mean val log-loss",
         "tried": tried,
         "chosen": chosen,
         "params_yaml": as_cli(current(key)),

@@ -1,7 +1,7 @@
 """Stage baselines_features: logistic regression on the cached ResNet50 features.
 
 What a linear model makes of the same features the head is trained on: ``logreg_features``,
-standardised, C chosen on val by the head's rule (lowest val log-loss) and scored once on test
+standardised, C chosen on val (fewest val errors, then val log-loss) and scored once on test
 (``stages.common.baselines``), fitted on the features of the original training images only (the
 first rows), or with ``baselines.train_on: augmented`` on every row, the augmented copies too,
 as the head is.

@@ -1,7 +1,7 @@
 """Stage baselines_pixels: scikit-learn classifiers on raw pixels, to show what the head beats.
 
-Two baselines on the split's images, each chosen on val by the head's rule (lowest val
-log-loss) and scored once on test (``stages.common.baselines.select_on_val``):
+Two baselines on the split's images, each chosen on val by the project's rule (fewest val
+errors, then val log-loss) and scored once on test (``stages.common.baselines.select_on_val``):
 
 * ``logreg_pixels``: logistic regression;
 * ``svm_rbf_pixels``: an RBF support vector machine, probabilities by Platt scaling.

@@ -64,6 +64,34 @@ def test_select_on_val_picks_by_val_log_loss_and_scores_test_once() -> None:
     assert predicted.tolist() == (x[:, 0] > 5).astype(int).tolist()
 
 
+class SureThreshold(Threshold):
+    """A threshold with a set confidence: its log-loss says how sure it is, not how often right."""
+
+    def __init__(self, at: float, sure: float) -> None:
+        super().__init__(at)
+        self.sure = sure
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        one = np.where(self.predict(x) == 1, self.sure, 1 - self.sure)
+        return np.stack([1 - one, one], axis=1)
+
+
+def test_select_on_val_puts_val_errors_before_log_loss() -> None:
+    x = np.arange(10, dtype=float)[:, None]
+    labels = (x[:, 0] > 5).astype(int)
+    data = {"train": (x, labels), "val": (x, labels), "test": (x, labels)}
+    # at=6 is wrong once but confident (val log-loss 0.55); at=5 is never wrong but unsure (0.60).
+    grid = [{"at": 6.0, "sure": 0.6}, {"at": 5.0, "sure": 0.55}]
+    result, _ = select_on_val(SureThreshold, grid, data)
+    assert result["at"] == 5.0 and result["val_accuracy"] == 1.0
+    assert result["val_log_loss"] == pytest.approx(-np.log(0.55), abs=1e-6)
+    # With equal errors, the lower log-loss wins.
+    result, _ = select_on_val(
+        SureThreshold, [{"at": 5.0, "sure": 0.55}, {"at": 5.0, "sure": 0.9}], data
+    )
+    assert result["sure"] == 0.9
+
+
 @pytest.mark.parametrize(("train_on", "train_images"), [("original", 40), ("augmented", 80)])
 def test_stages_write_metrics_without_importing_tensorflow(
     tmp_path: Path, train_on: str, train_images: int

@@ -168,7 +168,7 @@ def project_params() -> dict:
         ("lr_schedule", "cosin", "'train.lr_schedule' parameter must be one of"),
         ("patience", -1, "'train.patience' parameter must be an integer"),
         ("patience", 2.5, "'train.patience' parameter must be an integer"),
-        ("monitor", "val_loss", "'train.monitor' parameter must be one of"),
+        ("monitor", "val_los", "'train.monitor' parameter must be one of"),
         ("min_delta", -0.1, "'train.min_delta' parameter must be a number in [0, 1)"),
     ],
 )

@@ -147,7 +147,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "label_smoothing": number(0, 1),
         "lr_schedule": one_of("constant", "cosine"),
         "patience": integer(0, 100_000),
-        "monitor": one_of("val_log_loss", "val_accuracy"),
+        "monitor": one_of("val_loss", "val_log_loss", "val_accuracy"),
         "min_delta": number(0, 1),
     },
     "baselines": {
