@@ -6,10 +6,13 @@ Head: a Normalization layer that standardises the features, ``train.layers`` Den
 cosine-decayed over ``train.epochs`` (``train.lr_schedule``); cross-entropy with
 ``train.label_smoothing``.
 
-Model selection, on val only: ``train.monitor`` (default ``val_log_loss``, the plain, unsmoothed
-cross-entropy of the val images, a Keras metric beside the smoothed training objective). With
+The epoch, on val only: ``train.monitor`` (default ``val_loss``, the training objective on the
+val images: cross-entropy with this run's label smoothing; or ``val_log_loss``, the plain,
+unsmoothed cross-entropy, a Keras metric beside it; or ``val_accuracy``). With
 ``train.patience`` > 0, training stops once it has not improved by more than
 ``train.min_delta`` for that many epochs, and the head keeps the weights of its best epoch.
+(The defaults themselves are chosen across runs by the fewest val errors: README "Model
+selection".)
 
 Outputs: ``models/head.keras``; ``plots/train_log.csv`` (per epoch, from
 ``keras.callbacks.CSVLogger``: ``loss``/``val_loss`` the training objective, smoothed
@@ -61,7 +64,7 @@ def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def head_metrics(keras) -> list:
-    """Accuracy and the plain log-loss (no smoothing, no L2): what model selection reads."""
+    """Accuracy and the plain log-loss (no smoothing, no L2), beside the objective ``loss``."""
     return ["accuracy", keras.metrics.CategoricalCrossentropy(name="log_loss")]
 
 
