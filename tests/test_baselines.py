@@ -46,7 +46,7 @@ class Threshold:
         return np.stack([1 - one, one], axis=1)
 
 
-def test_select_on_val_picks_by_val_log_loss_and_scores_test_once() -> None:
+def test_select_on_val_picks_on_val_and_scores_test_once() -> None:
     x = np.arange(10, dtype=float)[:, None]
     data = {
         "train": (x, (x[:, 0] > 2).astype(int)),

@@ -66,7 +66,7 @@ def select_on_val(
     test = accuracy_with_interval(predicted == data["test"][1])
     return {
         "val_log_loss": round(best_key[1], 6),
-        "val_accuracy": round(float(np.mean(best_model.predict(x_val) == y_val)), 6),
+        "val_accuracy": round(1 - best_key[0] / len(y_val), 6),
         "test_accuracy": test["accuracy"],
         "test_accuracy_low": test["accuracy_low"],
         "test_accuracy_high": test["accuracy_high"],
