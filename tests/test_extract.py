@@ -217,3 +217,22 @@ def test_stage_writes_the_same_files_and_predict_reproduces_them(tmp_path):
     train_images = np.concatenate([data["train"], images(9, 9)])
     expected = plain_features(keras, all_params["extract"], train_images)
     assert_same_features(load_npy(features / "train_features.npy"), expected)
+
+
+def test_saved_extractor_does_not_depend_on_what_the_process_built_before(tmp_path):
+    """The extractor's ``.keras`` bytes are the same whatever Keras built earlier in the process.
+
+    Keras names an unnamed input after a process-wide tensor counter (``keras_tensor_350``), so a
+    run that first converted the npm weights (building other models) saved a different file than
+    one that found them cached: same features, new md5 in dvc.lock.
+    """
+    from stages.common.io import save_model
+
+    keras = setup_keras(42)
+    first, _ = extract.build_extractor(keras, params(), SIZE)
+    save_model(first, tmp_path / "first.keras")
+    for _ in range(3):
+        keras.Input((4,))
+    second, _ = extract.build_extractor(keras, params(), SIZE)
+    save_model(second, tmp_path / "second.keras")
+    assert (tmp_path / "first.keras").read_bytes() == (tmp_path / "second.keras").read_bytes()

@@ -20,11 +20,19 @@ class WeightsError(PipelineError):
 
 
 def build_resnet50(input_size: int, weights: str | None = None, include_top: bool = False):
-    """``keras.applications.ResNet50`` on square RGB inputs of ``input_size`` pixels."""
+    """``keras.applications.ResNet50`` on square RGB inputs of ``input_size`` pixels.
+
+    The input is named: unnamed, Keras names it after a process-wide counter (``keras_tensor_350``),
+    and a saved model's bytes would depend on what the process had built before.
+    """
     import keras
 
+    shape = (input_size, input_size, 3)
     return keras.applications.ResNet50(
-        include_top=include_top, weights=weights, input_shape=(input_size, input_size, 3)
+        include_top=include_top,
+        weights=weights,
+        input_tensor=keras.Input(shape, name="resnet50_input"),
+        input_shape=shape,
     )
 
 
