@@ -97,3 +97,25 @@ def test_real_warnings_still_show(tmp_path: Path) -> None:
     for line in ("a real Python warning", "a real TensorFlow warning", "a real C++ error"):
         assert line in result.stderr
     assert "oneDNN custom operations" not in result.stderr
+
+
+def test_keras_starts_without_its_unused_imports_which_still_import_afterwards(
+    tmp_path: Path,
+) -> None:
+    """``setup_keras`` keeps scikit-learn and matplotlib out of Keras' start-up (about 1 s of
+    every TensorFlow stage) and leaves them importable: the same process imports and uses both."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from stages.common.tf import KERAS_UNUSED_IMPORTS, setup_keras
+        keras = setup_keras(0)
+        print(sorted(name for name in KERAS_UNUSED_IMPORTS if name in sys.modules))
+        assert keras.ops.convert_to_numpy(keras.ops.ones(2)).sum() == 2
+        import matplotlib.pyplot as plt
+        from sklearn.metrics import accuracy_score
+        plt.figure()
+        print(accuracy_score([0, 1], [0, 1]))
+        """
+    )
+    result = run([sys.executable, "-c", script], tmp_path, env={"PYTHONPATH": str(REPO_ROOT)})
+    assert result.stdout.split() == ["[]", "1.0"]

@@ -17,10 +17,12 @@ error level although they are harmless; in a stage process ``setup_keras`` drops
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 
 from stages.common.errors import is_stage_process
 
@@ -53,6 +55,11 @@ if pending and not noise.match(pending.decode(errors="replace")):
 """
 _filtering = False
 
+# What ``import keras`` would also import, although only Keras' scikit-learn wrappers and image
+# gallery plots use them (both import them inside try/except ImportError, and no stage uses
+# either): about 1 s of each TensorFlow stage's start-up here (``python -X importtime``).
+KERAS_UNUSED_IMPORTS = ("sklearn", "matplotlib")
+
 
 def is_noise(line: str) -> bool:
     """True for a TensorFlow start-up line that ``setup_keras`` drops (see the module docstring)."""
@@ -78,17 +85,34 @@ def filter_stderr() -> None:
     _filtering = True
 
 
+@contextlib.contextmanager
+def modules_hidden(names: tuple[str, ...]) -> Iterator[None]:
+    """Inside, ``import name`` raises ImportError for each of ``names`` not yet imported; after,
+    they import as usual. (Python's own rule: a None entry in ``sys.modules`` stops an import.)
+    """
+    hidden = [name for name in names if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, "") is None:
+                del sys.modules[name]
+
+
 def setup_keras(seed: int | None = None, *, quiet: bool | None = None):
     """Import Keras quietly; with a seed, make every random op and kernel reproducible.
 
     ``quiet``: drop TensorFlow's start-up noise from stderr (``filter_stderr``); by default only
     in a stage process, not in a test or notebook that imports a stage. Returns the ``keras``
     module. Op determinism makes the same commit and params give byte-identical outputs on the
-    same machine.
+    same machine. Keras is imported without ``KERAS_UNUSED_IMPORTS``, which stay importable.
     """
     if quiet if quiet is not None else is_stage_process():
         filter_stderr()
-    import keras
+    with modules_hidden(KERAS_UNUSED_IMPORTS):
+        import keras
 
     if seed is not None:
         keras.utils.set_random_seed(seed)
