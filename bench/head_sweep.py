@@ -45,7 +45,8 @@ def main(argv: list[str]) -> None:
                 keras, model, (x, y), (xv, yv), train, Path(tmp) / "log.csv"
             )
         seconds = time.perf_counter() - start
-        probs = model.predict(xv, verbose=0)
+        shipped = train_stage.float32_head(keras, model, x, train)  # what train saves
+        probs = shipped.predict(xv, verbose=0)
         record = {
             **overrides,
             "ran": ran,

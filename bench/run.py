@@ -414,6 +414,7 @@ def bench_head_floor(repo: Path) -> Section:
     train = yaml.safe_load((repo / paths.PARAMS_FILE).read_text())["train"]
     variants = {
         "default": {},
+        "float32": {"precision": "float32"},
         "batch_x4_lr_x4": {
             "batch_size": 4 * train["batch_size"],
             "learning_rate": 4 * train["learning_rate"],
@@ -436,6 +437,11 @@ def bench_head_floor(repo: Path) -> Section:
             f"{fmt(r['floor_s'])} s at {fmt(r['sgemm_gflops'])} GFLOP/s",
         ),
         ("head epoch / matmul floor", fmt(result["epoch_over_floor"]), "target ≤ 2"),
+        (
+            "  hidden layers in float32 (epoch / floor)",
+            fmt(result["variants_over_floor"]["float32"]),
+            "`train.precision: float32`; the default `auto` is mixed_bfloat16 on bf16 hardware",
+        ),
         (
             "  batch x4, rate x4 (epoch / floor)",
             fmt(result["variants_over_floor"]["batch_x4_lr_x4"]),

@@ -6,6 +6,13 @@ Head: a Normalization layer that standardises the features, ``train.layers`` Den
 cosine-decayed over ``train.epochs`` (``train.lr_schedule``); cross-entropy with
 ``train.label_smoothing``.
 
+``train.precision``: the hidden Dense layers (the head's one large matmul) compute in
+``mixed_bfloat16`` (float32 weights, bfloat16 products) or float32; ``auto`` picks bfloat16
+where the machine has bfloat16 units (a CPU with AVX512_BF16 or AMX, a GPU of compute capability
+8.0 or more: about 30 % faster epochs on this project's 2-core CPU) and float32 elsewhere, where
+bfloat16 would be emulated and slower. The saved head is float32 either way: the trained weights
+in a float32 copy of the same head (``float32_head``), which is also what writes the predictions.
+
 The epoch, on val only: ``train.monitor`` (default ``val_loss``, the training objective on the
 val images: cross-entropy with this run's label smoothing; or ``val_log_loss``, the plain,
 unsmoothed cross-entropy, a Keras metric beside it; or ``val_accuracy``). With
@@ -27,7 +34,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +48,45 @@ from stages.common.tf import setup_keras
 # What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
 READS = (paths.FEATURES_DIR, paths.CLASSES, paths.split_labels("train"))
 WRITES = (paths.HEAD, paths.TRAIN_LOG, paths.PROBS_DIR)
+
+
+BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo names
+BFLOAT16_GPU_CAPABILITY = (8, 0)  # Ampere and later: bfloat16 tensor cores
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``); empty where that cannot be read."""
+    try:
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def auto_policy(gpu_capabilities: Iterable[tuple[int, int]], flags: frozenset[str]) -> str:
+    """``train.precision: auto`` on a machine with these GPUs (compute capabilities) and CPU
+    flags: mixed_bfloat16 where the devices that will train have bfloat16 units, else float32."""
+    gpus = list(gpu_capabilities)
+    if gpus:
+        native = all(tuple(c) >= BFLOAT16_GPU_CAPABILITY for c in gpus)
+    else:
+        native = bool(BFLOAT16_CPU_FLAGS & flags)
+    return "mixed_bfloat16" if native else "float32"
+
+
+def hidden_policy(precision: str) -> str:
+    """``train.precision`` as the Keras dtype policy of the hidden layers, ``auto`` resolved."""
+    if precision != "auto":
+        return precision
+    import tensorflow as tf
+
+    capabilities = [
+        tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
+        for gpu in tf.config.list_physical_devices("GPU")
+    ]
+    return auto_policy(capabilities, cpu_flags())
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
@@ -74,21 +120,27 @@ def build_head(keras, x_train: np.ndarray, n_classes: int, train: dict):
     Standardising each feature with the training set's mean and variance (a Normalization layer,
     saved inside the head) matters: pooled ResNet features differ in scale by orders of magnitude.
     ``train`` is the complete, validated ``train`` section. Returns the model compiled for one-hot
-    labels (``one_hot``), with ``train.label_smoothing``.
+    labels (``one_hot``), with ``train.label_smoothing``; the hidden Dense and Dropout layers
+    compute in ``hidden_policy(train["precision"])``, the rest in float32.
     """
     validate_section("train", train)
+    policy = hidden_policy(train["precision"])
     l2 = keras.regularizers.L2(train["l2"]) if train["l2"] > 0 else None
     inputs = keras.Input(shape=(x_train.shape[1],), name="features")
     mean, variance = x_train.mean(axis=0, dtype=np.float64), x_train.var(axis=0, dtype=np.float64)
     x = keras.layers.Normalization(mean=mean, variance=variance, name="standardise")(inputs)
     for i, width in enumerate(train["layers"], start=1):
         x = keras.layers.Dense(
-            width, activation=train["activation"], kernel_regularizer=l2, name=f"dense_{i}"
+            width,
+            activation=train["activation"],
+            kernel_regularizer=l2,
+            name=f"dense_{i}",
+            dtype=policy,
         )(x)
         if train["dropout"] > 0:
-            x = keras.layers.Dropout(train["dropout"], seed=train["seed"] + i, name=f"dropout_{i}")(
-                x
-            )
+            x = keras.layers.Dropout(
+                train["dropout"], seed=train["seed"] + i, name=f"dropout_{i}", dtype=policy
+            )(x)
     outputs = keras.layers.Dense(
         n_classes, activation="softmax", kernel_regularizer=l2, name="classes"
     )(x)
@@ -180,6 +232,16 @@ def fit_head(
     return ran, (stopper[0].best_epoch + 1 if stopper else ran)
 
 
+def float32_head(keras, model, x_train: np.ndarray, train: dict):
+    """``model`` (trained in any ``train.precision``) as the float32 head that is saved: the same
+    layers and weights, every layer in float32. Returns ``model`` itself when it is float32."""
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+    shipped = build_head(keras, x_train, model.output_shape[-1], {**train, "precision": "float32"})
+    shipped.set_weights(model.get_weights())
+    return shipped
+
+
 PREDICT_ROWS = 8192  # feature vectors per call of the head in write_predictions
 
 
@@ -228,12 +290,14 @@ def main() -> None:
     model = build_head(keras, x_train, len(classes), train)
     with atomic_path(paths.TRAIN_LOG) as log:
         ran, best = fit_head(keras, model, (x_train, y_train), (x_val, y_val), train, log)
-        save_model(model, paths.HEAD)
-        write_predictions(keras, model, len(load_npy(paths.split_labels("train"))))
+        shipped = float32_head(keras, model, x_train, train)
+        save_model(shipped, paths.HEAD)
+        write_predictions(keras, shipped, len(load_npy(paths.split_labels("train"))))
     print(
         f"train: wrote {paths.HEAD} ({model.count_params():,} parameters, weights of epoch "
         f"{best}, selected on {train['monitor']}), {paths.TRAIN_LOG} and {paths.PROBS_DIR}/ "
-        f"({ran} of {train['epochs']} epochs on {len(x_train)} feature vectors) "
+        f"({ran} of {train['epochs']} epochs on {len(x_train)} feature vectors, hidden layers "
+        f"in {hidden_policy(train['precision'])}) "
         f"in {time.perf_counter() - start:.1f}s"
     )
 

@@ -16,6 +16,7 @@ from sklearn.metrics import log_loss
 
 from stages import train as train_stage
 from stages.common import paths
+from stages.common.io import save_model
 from stages.common.params import ParamsError, validate
 from stages.common.tf import setup_keras
 
@@ -34,6 +35,7 @@ TRAIN = {
     "patience": 0,
     "monitor": "val_log_loss",
     "min_delta": 0.0,
+    "precision": "float32",
 }
 
 
@@ -169,6 +171,7 @@ def project_params() -> dict:
         ("patience", -1, "'train.patience' parameter must be an integer"),
         ("patience", 2.5, "'train.patience' parameter must be an integer"),
         ("monitor", "val_los", "'train.monitor' parameter must be one of"),
+        ("precision", "bf16", "'train.precision' parameter must be one of"),
         ("min_delta", -0.1, "'train.min_delta' parameter must be a number in [0, 1)"),
     ],
 )
@@ -210,7 +213,8 @@ def test_train_stage_writes_a_head_that_loads_in_safe_mode(
 
     rows = read_log(tmp_path / paths.TRAIN_LOG)
     assert 3 <= len(rows) < 60
-    assert f"({len(rows)} of 60 epochs on 96 feature vectors)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"({len(rows)} of 60 epochs on 96 feature vectors, hidden layers in float32)" in out
     # The saved head is the best epoch's (by val log-loss), and loads in Keras' safe mode.
     best = min(rows, key=lambda row: float(row["val_log_loss"]))
     head = keras.saving.load_model(tmp_path / paths.HEAD, safe_mode=True)
@@ -224,3 +228,57 @@ def test_train_stage_writes_a_head_that_loads_in_safe_mode(
         x = np.load(tmp_path / paths.features(split))[:rows_kept]
         assert probs.shape == (rows_kept, 3) and probs.dtype == np.float32
         np.testing.assert_allclose(probs, head.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("gpus", "flags", "expected"),
+    [
+        ([], {"avx512f", "avx512_bf16"}, "mixed_bfloat16"),
+        ([], {"avx512f", "amx_bf16", "amx_tile"}, "mixed_bfloat16"),
+        ([], {"avx2", "avx512f"}, "float32"),  # bfloat16 would be emulated: slower
+        ([], set(), "float32"),  # /proc/cpuinfo unreadable (macOS, Windows)
+        ([(9, 0), (8, 0)], set(), "mixed_bfloat16"),
+        ([(8, 0), (7, 5)], {"avx512_bf16"}, "float32"),  # the GPUs train, one without bf16
+    ],
+)
+def test_auto_precision_is_bfloat16_only_where_the_hardware_has_it(
+    gpus: list, flags: set, expected: str
+) -> None:
+    assert train_stage.auto_policy(gpus, frozenset(flags)) == expected
+
+
+def test_cpu_flags_read_the_flags_line(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\nbugs\t: x\n")
+    assert train_stage.cpu_flags(cpuinfo) == {"fpu", "avx512f", "avx512_bf16"}
+    assert train_stage.cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def test_a_bfloat16_head_trains_in_bfloat16_and_is_saved_in_float32(keras, tmp_path: Path) -> None:
+    x, y = blobs(256, seed=1)
+    train = {**TRAIN, "layers": [32], "dropout": 0.2, "precision": "mixed_bfloat16"}
+    model = train_stage.build_head(keras, x, N_CLASSES, train)
+    assert model.get_layer("dense_1").compute_dtype == "bfloat16"
+    assert model.get_layer("dense_1").kernel.dtype == "float32"
+    assert model.get_layer("classes").compute_dtype == "float32"
+    train_stage.fit_head(keras, model, (x, y), blobs(64, seed=2), train, tmp_path / "log")
+
+    shipped = train_stage.float32_head(keras, model, x, train)
+    assert {layer.dtype_policy.name for layer in shipped.layers} == {"float32"}
+    for a, b in zip(shipped.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    x_test, _ = blobs(64, seed=3)
+    p_bf16, p_f32 = (train_stage.head_probabilities(keras, m, x_test) for m in (model, shipped))
+    assert not np.array_equal(p_bf16, p_f32), "the trained model did compute in bfloat16"
+    np.testing.assert_allclose(p_f32, p_bf16, atol=0.02)
+    np.testing.assert_array_equal(p_f32.argmax(1), p_bf16.argmax(1))
+
+    save_model(shipped, tmp_path / "head.keras")
+    loaded = keras.saving.load_model(tmp_path / "head.keras")
+    np.testing.assert_array_equal(train_stage.head_probabilities(keras, loaded, x_test), p_f32)
+
+
+def test_a_float32_head_is_saved_as_it_is(keras) -> None:
+    x, _ = blobs(32, seed=1)
+    model = train_stage.build_head(keras, x, N_CLASSES, TRAIN)
+    assert train_stage.float32_head(keras, model, x, TRAIN) is model

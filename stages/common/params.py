@@ -149,6 +149,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "patience": integer(0, 100_000),
         "monitor": one_of("val_loss", "val_log_loss", "val_accuracy"),
         "min_delta": number(0, 1),
+        "precision": one_of("auto", "float32", "mixed_bfloat16"),
     },
     "baselines": {
         "pixel_size": integer(2, 64),
