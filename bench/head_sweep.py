@@ -1,11 +1,14 @@
 """Head settings on one repository's cached features, scored on val only (the selection rule).
 
     python -m bench.head_sweep REPO '[{"batch_size": 1024, "learning_rate": 0.002}, ...]'
+    python -m bench.head_sweep --score-test REPO '[...]'
 
 Each JSON object overrides REPO's ``train`` params; every setting is fitted with the train
 stage's own ``build_head`` and ``fit_head`` (early stopping on ``train.monitor``) on REPO's
 ``data/features`` and prints one JSON line: the overrides, epochs run, the epoch kept, fit
-seconds, val log-loss and val errors. Test features are not loaded. Quicker than
+seconds, val log-loss and val errors. Test features are not loaded, except with
+``--score-test``, which adds each fitted head's test errors: for measuring a setting after it
+was chosen (README "Model selection"), never for choosing one. Quicker than
 ``python -m bench.selection`` (no ``dvc exp run``, one split), for a first look; the lines of
 the run that set today's head defaults are in ``bench/head_sweep.jsonl``.
 """
@@ -30,7 +33,8 @@ def main(argv: list[str]) -> None:
     from stages import train as train_stage
     from stages.common.tf import setup_keras
 
-    repo, configs = Path(argv[0]), json.loads(argv[1])
+    score_test = argv[:1] == ["--score-test"]
+    repo, configs = Path(argv[score_test]), json.loads(argv[score_test + 1])
     params = yaml.safe_load((repo / paths.PARAMS_FILE).read_text(encoding="utf-8"))["train"]
     x, y = np.load(repo / paths.features("train")), np.load(repo / paths.feature_labels("train"))
     xv, yv = np.load(repo / paths.features("val")), np.load(repo / paths.feature_labels("val"))
@@ -55,6 +59,10 @@ def main(argv: list[str]) -> None:
             "val_log_loss": round(float(log_loss(yv, probs, labels=range(n_classes))), 5),
             "val_errors": int((probs.argmax(1) != yv).sum()),
         }
+        if score_test:
+            xt = np.load(repo / paths.features("test"))
+            yt = np.load(repo / paths.feature_labels("test"))
+            record["test_errors"] = int((shipped.predict(xt, verbose=0).argmax(1) != yt).sum())
         print(json.dumps(record), flush=True)
 
 

@@ -7,8 +7,8 @@ What it measures, each in fresh processes (see bench/probes.py), on this machine
   ``model.predict``, next to a float32 matmul (the machine's practical limit);
 * a full ``dvc repro`` with default params (ImageNet weights) in a scratch copy of the repo,
   then ``dvc repro`` after a ``train.*`` change (only train and evaluate run), then the
-  head-only iteration as users run it, ``dvc exp run evaluate -S train.seed=44`` (train and
-  evaluate), and ``dvc exp run -S train.seed=45`` (export too); whether split and evaluate
+  head-only iteration as users run it, ``dvc exp run evaluate -S train.seed=S`` (train and
+  evaluate; three seeds, the median reported), and ``dvc exp run -S train.seed=45`` (export too); whether split and evaluate
   import TensorFlow (neither should);
 * one epoch of the head on the cached features vs one epoch of the seed's method (frozen
   ResNet50 inside the training loop, augmentation on the fly);
@@ -54,6 +54,7 @@ RESULTS_JSON = ROOT / "bench" / "results.json"
 RESULTS_MD = ROOT / "bench" / "results.md"
 FULL_PARAMS = {"extract.weights": "imagenet"}  # the default a user runs; random is for tests
 HEAD_ONLY_CHANGE = {"train.seed": 43}  # a train.* change: train and evaluate run again
+ITERATION_SEEDS = (44, 46, 47)  # one `dvc exp run evaluate -S train.seed=S` each
 Row = tuple[str, str, str]  # figure, value, notes: one line of results.md's table
 
 
@@ -329,7 +330,13 @@ def bench_repro(repo: Path) -> Section:
     # The loop users live in (issue 16: <= 15 s): change a head param, run up to evaluate,
     # compare. `dvc exp run evaluate` runs train and evaluate; export waits for the run kept.
     git_commit(repo, "bench: after the head-only repro")
-    exp, exp_stages = repro(repo, ["dvc", "exp", "run", "evaluate", "-S", "train.seed=44"])
+    # Three iterations, the median reported: one run on this shared 2-core machine moves by 30 %.
+    runs = [
+        (repro(repo, ["dvc", "exp", "run", "evaluate", "-S", f"train.seed={seed}"]), seed)
+        for seed in ITERATION_SEEDS
+    ]
+    iterations = sorted(runs, key=lambda run: run[0][0].seconds)
+    (exp, exp_stages), exp_seed = iterations[len(iterations) // 2]
     exp_all, exp_all_stages = repro(repo, ["dvc", "exp", "run", "-S", "train.seed=45"])
     split, evaluate = (imports_tensorflow(repo, stage) for stage in ("split", "evaluate"))
     result = {
@@ -348,8 +355,9 @@ def bench_repro(repo: Path) -> Section:
             "accuracy"
         ],
         "head_only_exp_run": {
-            "command": "dvc exp run evaluate -S train.seed=44",
+            "command": f"dvc exp run evaluate -S train.seed={exp_seed}",
             "seconds": exp.seconds,
+            "runs_seconds": {seed: done.seconds for (done, _), seed in iterations},
             "stages": stages_run(exp.output),
             "stage_seconds": exp_stages,
         },
@@ -374,9 +382,12 @@ def bench_repro(repo: Path) -> Section:
             f"runs {' + '.join(h['stages'])}; {h['train_epochs_run']} epochs",
         ),
         (
-            "`dvc exp run evaluate -S train.seed=44` (s)",
+            "`dvc exp run evaluate -S train.seed=S` (s)",
             fmt(exp.seconds),
-            f"the head-only iteration: {' + '.join(stages_run(exp.output))}; target ≤ 15",
+            f"the head-only iteration: {' + '.join(stages_run(exp.output))}; median of "
+            f"{len(iterations)} ("
+            + ", ".join(fmt(d.seconds) for (d, _), _ in iterations)
+            + "); target ≤ 15",
         ),
         ("  of which (s)", breakdown(exp, exp_stages), "rest: DVC, Python start-up, imports"),
         (
