@@ -127,14 +127,10 @@ def cpu_model() -> str:
 
 
 def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                return sorted(f for f in flags if f.startswith(("avx512f", "amx", "avx512_bf16")))
-    except OSError:
-        pass
-    return []
+    """The CPU flags that matter for the figures: AVX-512, AMX, bfloat16 (train.precision)."""
+    from stages.train import cpu_flags as all_flags
+
+    return sorted(f for f in all_flags() if f.startswith(("avx512f", "amx", "avx512_bf16")))
 
 
 def machine() -> dict[str, Any]:
