@@ -49,7 +49,7 @@ def main(argv: list[str]) -> None:
                 keras, model, (x, y), (xv, yv), train, Path(tmp) / "log.csv"
             )
         seconds = time.perf_counter() - start
-        shipped = train_stage.float32_head(keras, model, x, train)  # what train saves
+        shipped = train_stage.float32_head(keras, model)  # what train saves
         probs = shipped.predict(xv, verbose=0)
         record = {
             **overrides,

@@ -232,12 +232,18 @@ def fit_head(
     return ran, (stopper[0].best_epoch + 1 if stopper else ran)
 
 
-def float32_head(keras, model, x_train: np.ndarray, train: dict):
-    """``model`` (trained in any ``train.precision``) as the float32 head that is saved: the same
-    layers and weights, every layer in float32. Returns ``model`` itself when it is float32."""
+def float32_head(keras, model):
+    """``model`` (trained in any ``train.precision``) as the float32 head that is saved: a clone
+    of its layers, each in float32, holding its weights. Returns ``model`` itself when it is
+    float32."""
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):
         return model
-    shipped = build_head(keras, x_train, model.output_shape[-1], {**train, "precision": "float32"})
+    shipped = keras.models.clone_model(
+        model,
+        clone_function=lambda layer: layer.__class__.from_config(
+            {**layer.get_config(), "dtype": "float32"}
+        ),
+    )
     shipped.set_weights(model.get_weights())
     return shipped
 
@@ -290,7 +296,7 @@ def main() -> None:
     model = build_head(keras, x_train, len(classes), train)
     with atomic_path(paths.TRAIN_LOG) as log:
         ran, best = fit_head(keras, model, (x_train, y_train), (x_val, y_val), train, log)
-        shipped = float32_head(keras, model, x_train, train)
+        shipped = float32_head(keras, model)
         save_model(shipped, paths.HEAD)
         write_predictions(keras, shipped, len(load_npy(paths.split_labels("train"))))
     print(

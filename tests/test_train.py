@@ -263,7 +263,7 @@ def test_a_bfloat16_head_trains_in_bfloat16_and_is_saved_in_float32(keras, tmp_p
     assert model.get_layer("classes").compute_dtype == "float32"
     train_stage.fit_head(keras, model, (x, y), blobs(64, seed=2), train, tmp_path / "log")
 
-    shipped = train_stage.float32_head(keras, model, x, train)
+    shipped = train_stage.float32_head(keras, model)
     assert {layer.dtype_policy.name for layer in shipped.layers} == {"float32"}
     for a, b in zip(shipped.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -281,4 +281,4 @@ def test_a_bfloat16_head_trains_in_bfloat16_and_is_saved_in_float32(keras, tmp_p
 def test_a_float32_head_is_saved_as_it_is(keras) -> None:
     x, _ = blobs(32, seed=1)
     model = train_stage.build_head(keras, x, N_CLASSES, TRAIN)
-    assert train_stage.float32_head(keras, model, x, TRAIN) is model
+    assert train_stage.float32_head(keras, model) is model
