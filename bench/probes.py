@@ -96,8 +96,9 @@ def plain_model(keras, size: int):
     return keras.Model(base.input, pool[p["pooling"]]()(base.get_layer(p["layer"]).output))
 
 
-def project_extractor(keras, tf, size: int, precision: str = "float32"):
-    """The extract stage's model, compiled forward pass and strategy (stages.extract)."""
+def project_extractor(keras, tf, size: int, precision: str = "float32", streams: int = 1):
+    """The extract stage's model, compiled forward pass and strategy (stages.extract); pass the
+    stage's ``streams`` (``extract.cpu_streams``, called first thing in the process)."""
     from stages import extract
 
     keras.mixed_precision.set_global_policy(precision)
@@ -105,7 +106,7 @@ def project_extractor(keras, tf, size: int, precision: str = "float32"):
     with strategy.scope():
         model, _ = extract.build_extractor(keras, stage_params(precision), size)
     keras.mixed_precision.set_global_policy("float32")
-    return model, extract.make_forward(tf, model, strategy), strategy
+    return model, extract.make_forward(tf, model, strategy, streams), strategy
 
 
 def project_run(tf, model, forward, strategy, images: np.ndarray, batch_size: int, out: Path):
@@ -133,14 +134,17 @@ def probe_extract_speed(
     batch_size: int,
     batch_sizes: list[int],
     precisions: list[str],
-    inter_op_threads: int | None = None,
+    one_stream: bool = False,
 ) -> dict:
     """Stage path vs plain ``model.predict`` at one image size, with a matmul run in between;
     then the stage path at each of ``precisions`` (after, not interleaved: once AMX bfloat16
     kernels have run, float32 runs slower in the same process on this CPU).
 
-    ``inter_op_threads``: TensorFlow's inter-op pool size for this process (default: as many
-    as cores), to see whether independent ops running side by side help or compete."""
+    The stage path is the stage's own: one single-threaded stream per core (``cpu_streams``),
+    or with ``one_stream`` one stream over TensorFlow's default thread pools (as before issue
+    16). ``model.predict`` runs on the same pools. The limit is the faster of TensorFlow's and
+    numpy's matmul; numpy's OpenBLAS keeps its own threads, one per core, either way."""
+    from stages import extract
     from stages.common.images import to_model_input
     from stages.common.io import load_npy, save_npy
     from stages.common.tf import setup_keras
@@ -148,11 +152,9 @@ def probe_extract_speed(
     keras = setup_keras(42)
     import tensorflow as tf
 
-    if inter_op_threads is not None:
-        tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
-
+    streams = 1 if one_stream else extract.cpu_streams(tf)
     plain = plain_model(keras, size)
-    model, forward, strategy = project_extractor(keras, tf, size)
+    model, forward, strategy = project_extractor(keras, tf, size, streams=streams)
     with tempfile.TemporaryDirectory() as tmp:
         save_npy(Path(tmp) / "images.npy", synthetic_images(images, size))
         x = load_npy(Path(tmp) / "images.npy", mmap=True)
@@ -165,7 +167,7 @@ def probe_extract_speed(
             )
         best = best_of(fns, reps)
         for precision in precisions:
-            built = project_extractor(keras, tf, size, precision)
+            built = project_extractor(keras, tf, size, precision, streams)
             run_p = lambda b=built: project_run(tf, *b, x, batch_size, Path(tmp))  # noqa: E731
             best |= best_of({precision: run_p}, reps)
     flops = conv_dense_flops(keras, model)
@@ -175,6 +177,7 @@ def probe_extract_speed(
         "layer": stage_params()["layer"],
         "images": images,
         "batch_size": batch_size,
+        "streams": streams,
         "flops_per_image": flops,
         "sgemm_tf_gflops": gflops(best["sgemm_tf"]),
         "sgemm_numpy_gflops": gflops(best["sgemm_numpy"]),
@@ -233,7 +236,8 @@ def probe_extract_profile(size: int, images: int, batch_size: int, reps: int) ->
     keras = setup_keras(42)
     import tensorflow as tf
 
-    model, forward, strategy = project_extractor(keras, tf, size)
+    streams = extract.cpu_streams(tf)
+    model, forward, strategy = project_extractor(keras, tf, size, streams=streams)
     bare = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
     with tempfile.TemporaryDirectory() as tmp:
         save_npy(Path(tmp) / "images.npy", synthetic_images(images, size))
@@ -258,6 +262,7 @@ def probe_extract_profile(size: int, images: int, batch_size: int, reps: int) ->
     return {
         "size": size,
         "batch_size": batch_size,
+        "streams": streams,
         "images_per_s": {name: images / seconds for name, seconds in best.items()},
         "op_share": {op: share for op, share in shares if share >= 0.001},
     }

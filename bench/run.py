@@ -218,18 +218,33 @@ EXTRACT_PLANS = {
 
 
 def extract_size(size: int, batch_size: int) -> dict[str, Any]:
-    """One image size: the stage's path vs ``model.predict``, next to the matmul limit."""
+    """One image size: the stage's path (one stream per core) vs the same path as one stream and
+    vs ``model.predict`` (both on TensorFlow's default thread pools), next to the matmul limit."""
     plan = EXTRACT_PLANS[size]
     plan = {**plan, "batch_sizes": [bs for bs in plan["batch_sizes"] if bs != batch_size]}
     r = probe("extract_speed", size=size, batch_size=batch_size, **plan)
+    one = probe(
+        "extract_speed",
+        size=size,
+        batch_size=batch_size,
+        images=plan["images"],
+        reps=plan["reps"],
+        batch_sizes=[],
+        precisions=[],
+        one_stream=True,
+    )
     by_batch = {int(k): v for k, v in r["batch_sweep"].items()}
+    flops, limit = r["flops_per_image"], r["sgemm_gflops"] * 1e9
     return {
         "images_per_s": r["project_images_per_s"],
-        "predict_images_per_s": r["predict_images_per_s"],
-        "speedup_vs_predict": r["project_images_per_s"] / r["predict_images_per_s"],
+        "streams": r["streams"],
+        "one_stream_images_per_s": one["project_images_per_s"],
+        "predict_images_per_s": one["predict_images_per_s"],
+        "speedup_vs_predict": r["project_images_per_s"] / one["predict_images_per_s"],
         "fraction_of_limit": r["fraction_of_limit"],
-        "predict_fraction_of_limit": r["predict_fraction_of_limit"],
-        "resnet50_gflops_per_image": r["flops_per_image"] / 1e9,
+        "one_stream_fraction_of_limit": one["fraction_of_limit"],
+        "predict_fraction_of_limit": one["predict_images_per_s"] * flops / limit,
+        "resnet50_gflops_per_image": flops / 1e9,
         "sgemm_gflops": r["sgemm_gflops"],
         "layer": r["layer"],
         "by_batch": dict(sorted((by_batch | {batch_size: r["project_images_per_s"]}).items()))
@@ -245,6 +260,7 @@ def extract_rows(result: dict[str, Any]) -> list[Row]:
         (
             f"extract, {size} px (images/s)",
             fmt(r["images_per_s"]),
+            f"{r['streams']} streams; as one stream: {fmt(r['one_stream_images_per_s'])}; "
             f"plain `model.predict`: {fmt(r['predict_images_per_s'])}; x{fmt(r['speedup_vs_predict'])}",
         )
         for size, r in sizes.items()
@@ -255,6 +271,7 @@ def extract_rows(result: dict[str, Any]) -> list[Row]:
             f"extract_fraction_of_limit, {size} px",
             fmt(r["fraction_of_limit"]),
             f"{fmt(r['resnet50_gflops_per_image'])} GFLOP/image up to {r['layer']}; "
+            f"one stream: {fmt(r['one_stream_fraction_of_limit'])}; "
             f"predict: {fmt(r['predict_fraction_of_limit'])}"
             + ("; target ≥ 0.75" if size == 64 else ""),
         )
@@ -287,33 +304,14 @@ def profile_row(profile: dict) -> tuple[str, str, str]:
 def bench_extract(repo: Path | None) -> Section:
     batch_size = project_params("extract")["batch_size"]
     sizes = {size: extract_size(size, batch_size) for size in EXTRACT_PLANS}
-    # Where the time goes at 64 px: the same with one inter-op thread (ops one after another).
-    one_thread = probe(
-        "extract_speed",
-        size=64,
-        batch_size=batch_size,
-        images=512,
-        reps=5,
-        batch_sizes=[],
-        precisions=[],
-        inter_op_threads=1,
-    )
     result = {
         "batch_size": batch_size,
         "sgemm_gflops": max(r["sgemm_gflops"] for r in sizes.values()),
         "sizes": sizes,
-        "fraction_of_limit_64_inter_op_1": one_thread["fraction_of_limit"],
         "profile_64": probe("extract_profile", size=64, images=512, batch_size=batch_size, reps=3),
     }
     rows = extract_rows(result)
     rows.append(profile_row(result["profile_64"]))
-    rows.append(
-        (
-            "  64 px with one inter-op thread (fraction of limit)",
-            fmt(one_thread["fraction_of_limit"]),
-            "default: one per core",
-        )
-    )
     return Section(result, rows)
 
 

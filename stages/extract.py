@@ -7,7 +7,8 @@ into the convolution before it (the same function, fewer passes over memory).
 
 Speed: batches are read from the memory-mapped uint8 arrays by a ``tf.data`` pipeline that
 prefetches while the model runs; the forward pass is one compiled ``tf.function`` (XLA on a GPU,
-as Keras' own default; not on a CPU, where it is many times slower). With more than one GPU
+as Keras' own default; not on a CPU, where it is many times slower). On a CPU each core runs its
+own share of every batch, single-threaded (``cpu_streams``): the same features, faster. With more than one GPU
 visible the batches are split across them (``MirroredStrategy``). ``extract.precision`` chooses
 float32 (default) or Keras mixed precision (16-bit compute, float32 weights and features).
 
@@ -23,6 +24,7 @@ images, then the augmented copies), ``data/features/info.json`` (weights, layer,
 from __future__ import annotations
 
 import mmap
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -108,19 +110,51 @@ def build_extractor(keras, extract: dict, image_size: int):
     return fold_batchnorm(keras, model), info
 
 
-def make_forward(tf, model, strategy) -> Callable:
+def cpu_streams(tf) -> int:
+    """How many sub-batches the CPU forward pass runs side by side: one per core, or 1.
+
+    At this stage's small image sizes one ResNet50 op is too small to keep several cores busy
+    (the cores wait on each other at every op), so on a CPU with more than one core each core
+    instead runs its own share of the batch, single-threaded: TensorFlow's intra-op pool is set
+    to 1 thread and its inter-op pool to one per core. Every image is computed exactly as in one
+    stream (tests/test_extract.py); only the speed changes (README "Speed"). 1 on a GPU, on one
+    core, or once TensorFlow has started (its thread pools are fixed then).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if not cores or cores < 2 or tf.config.list_physical_devices("GPU"):
+        return 1
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(cores)
+    except RuntimeError:  # the runtime is already initialised: keep its pools, one stream
+        return 1
+    return cores
+
+
+def make_forward(tf, model, strategy, streams: int = 1) -> Callable:
     """Compiled uint8 batch -> float32 features: ``to_model_input``, then the model.
 
-    With several replicas each one runs its slice of the batch and the slices are gathered
-    back in order.
+    ``streams`` > 1 (a CPU, ``cpu_streams``): the batch is cut into that many consecutive
+    sub-batches of equal size, which TensorFlow runs in parallel (they do not depend on each
+    other), and the features are joined back in order. With several replicas each one runs its slice of the
+    batch and the slices are gathered back in order.
     """
 
     def forward(images):
         return model(to_model_input(images), training=False)
 
+    def split_forward(images):
+        # Padded with black images to a multiple of ``streams`` (an empty sub-batch would fail
+        # in oneDNN's convolution), cut into equal parts; the padding's rows are dropped.
+        n = tf.shape(images)[0]
+        padded = tf.pad(images, [[0, -n % streams], [0, 0], [0, 0], [0, 0]])
+        parts = tf.split(padded, streams)
+        return tf.concat([forward(part) for part in parts], axis=0)[:n]
+
     jit = bool(tf.config.list_logical_devices("GPU"))  # Keras' "auto": XLA on GPU only
     if strategy.num_replicas_in_sync == 1:
-        return tf.function(forward, jit_compile=jit, reduce_retracing=True)
+        one = split_forward if streams > 1 else forward
+        return tf.function(one, jit_compile=jit, reduce_retracing=True)
     replica_forward = tf.function(forward, jit_compile=jit, reduce_retracing=True)
 
     @tf.function(reduce_retracing=True)
@@ -232,18 +266,20 @@ def main() -> None:
     import tensorflow as tf
 
     start = time.perf_counter()
+    streams = cpu_streams(tf)  # before anything starts TensorFlow's runtime
     keras.mixed_precision.set_global_policy(extract["precision"])
     image_size = load_npy(paths.split_images("val"), mmap=True).shape[1]
     strategy = make_strategy(tf)
     with strategy.scope():
         model, info = build_extractor(keras, extract, image_size)
-    forward = make_forward(tf, model, strategy)
+    forward = make_forward(tf, model, strategy, streams)
     devices = strategy.num_replicas_in_sync
-    where = (
-        f"{devices} GPUs"
-        if devices > 1
-        else ("GPU" if tf.config.list_logical_devices("GPU") else "CPU")
-    )
+    if devices > 1:
+        where = f"{devices} GPUs"
+    elif tf.config.list_logical_devices("GPU"):
+        where = "GPU"
+    else:
+        where = f"CPU, {streams} stream{'s' if streams > 1 else ''}"
     print(
         f"extract: ResNet50 weights {info.spec} ({info.source}), sha256 {info.sha256[:16]}..., "
         f"{extract['precision']} on {where}"

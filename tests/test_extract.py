@@ -174,6 +174,45 @@ def test_mirrored_strategy_splits_batches_and_keeps_order():
     assert "MIRRORED OK" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
 
 
+STREAMS = """
+import os, numpy as np, tensorflow as tf
+from stages import extract
+from stages.common.tf import setup_keras
+keras = setup_keras(42)
+assert extract.cpu_streams(tf) == len(os.sched_getaffinity(0))
+assert tf.config.threading.get_intra_op_parallelism_threads() == 1
+assert tf.config.threading.get_inter_op_parallelism_threads() == len(os.sched_getaffinity(0))
+p = {"weights": "random", "layer": "conv4_block3_out", "pooling": "avg", "batch_size": 8,
+     "precision": "float32", "seed": 42}
+x = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+strategy = extract.make_strategy(tf)
+model, _ = extract.build_extractor(keras, p, 32)
+one = extract.make_forward(tf, model, strategy)
+three = extract.make_forward(tf, model, strategy, streams=3)
+for n in (12, 8, 2, 1):  # 4+4+4; 8 and smaller than 3 are padded to a multiple of 3
+    expected, got = one(x[:n]).numpy(), three(x[:n]).numpy()
+    assert got.shape == expected.shape == (n, 1024), got.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+print("STREAMS OK", "identical" if np.array_equal(three(x).numpy(), one(x).numpy()) else "close")
+assert extract.cpu_streams(tf) == 1  # the runtime has started: its pools stay as they are
+"""
+
+
+def test_cpu_streams_give_the_one_stream_features_in_order():
+    """A fresh process: ``cpu_streams`` gives one single-threaded stream per core; a batch cut
+    into 3 sub-batches (padded when its size is no multiple of 3) gives the same features,
+    in image order, as one pass over the whole batch."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(STREAMS)],
+        cwd=REPO_ROOT,
+        env=command_env({"PYTHONPATH": str(REPO_ROOT)}),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert "STREAMS OK" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+
+
 def write_split(folder: Path) -> dict[str, np.ndarray]:
     data = {"train": images(9, 6), "val": images(5, 7), "test": images(4, 8)}
     for name, x in data.items():
