@@ -135,6 +135,20 @@ def test_mixed_bfloat16_features_are_float32_and_close():
     assert np.abs(got.numpy() - expected).max() < 0.05 * np.abs(expected).max()
 
 
+def run_script_in_fresh_process(script: str, marker: str) -> None:
+    """Runs ``script`` in a new Python (TensorFlow's devices and thread pools are fixed once it
+    has started) and checks that it got as far as printing ``marker``."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        cwd=REPO_ROOT,
+        env=command_env({"PYTHONPATH": str(REPO_ROOT)}),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert marker in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+
+
 MIRRORED = """
 import numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
@@ -163,15 +177,7 @@ print("MIRRORED OK")
 def test_mirrored_strategy_splits_batches_and_keeps_order():
     """Two logical CPUs stand in for two GPUs: each gets half of every batch (11 images in
     batches of 8: 4+4, then 2+1), and the gathered features come back in image order."""
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(MIRRORED)],
-        cwd=REPO_ROOT,
-        env=command_env({"PYTHONPATH": str(REPO_ROOT)}),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert "MIRRORED OK" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+    run_script_in_fresh_process(MIRRORED, "MIRRORED OK")
 
 
 STREAMS = """
@@ -202,15 +208,7 @@ def test_cpu_streams_give_the_one_stream_features_in_order():
     """A fresh process: ``cpu_streams`` gives one single-threaded stream per core; a batch cut
     into 3 sub-batches (padded when its size is no multiple of 3) gives the same features,
     in image order, as one pass over the whole batch."""
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(STREAMS)],
-        cwd=REPO_ROOT,
-        env=command_env({"PYTHONPATH": str(REPO_ROOT)}),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert "STREAMS OK" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+    run_script_in_fresh_process(STREAMS, "STREAMS OK")
 
 
 def write_split(folder: Path) -> dict[str, np.ndarray]:
