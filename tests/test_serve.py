@@ -307,7 +307,7 @@ def test_nothing_a_visitor_sent_is_kept(site: Site):
     scratch = list(site.tmp.iterdir())
     assert len(scratch) == 1 and scratch[0].name.startswith("digits-serve-")
     assert list(scratch[0].iterdir()) == [], "uploads are deleted once decoded"
-    assert site.server.stop() == 0
+    assert site.server.stop() == 0, "".join(site.server.output)[-3000:]
     assert "serve: stopped" in "".join(site.server.output)
     assert list(site.tmp.iterdir()) == [], "the temporary folder goes with the server"
     assert tree(site.repo) == site.before, "the server wrote nothing into the repository"
