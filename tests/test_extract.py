@@ -8,7 +8,6 @@ must not change the features beyond float32 rounding, nor the stage's files.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import textwrap
 import warnings
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, command_env, run
+from conftest import REPO_ROOT, run
 
 from stages import extract
 from stages.common import paths
@@ -138,12 +137,10 @@ def test_mixed_bfloat16_features_are_float32_and_close():
 def run_script_in_fresh_process(script: str, marker: str) -> None:
     """Runs ``script`` in a new Python (TensorFlow's devices and thread pools are fixed once it
     has started) and checks that it got as far as printing ``marker``."""
-    result = subprocess.run(
+    result = run(
         [sys.executable, "-c", textwrap.dedent(script)],
-        cwd=REPO_ROOT,
-        env=command_env({"PYTHONPATH": str(REPO_ROOT)}),
-        capture_output=True,
-        text=True,
+        REPO_ROOT,
+        env={"PYTHONPATH": str(REPO_ROOT)},
         timeout=600,
     )
     assert marker in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
@@ -200,7 +197,6 @@ for n in (12, 8, 2, 1):  # 4+4+4; 8 and smaller than 3 are padded to a multiple 
     assert got.shape == expected.shape == (n, 1024), got.shape
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
 print("STREAMS OK", "identical" if np.array_equal(three(x).numpy(), one(x).numpy()) else "close")
-assert extract.cpu_streams(tf) == 1  # the runtime has started: its pools stay as they are
 """
 
 
@@ -209,6 +205,22 @@ def test_cpu_streams_give_the_one_stream_features_in_order():
     into 3 sub-batches (padded when its size is no multiple of 3) gives the same features,
     in image order, as one pass over the whole batch."""
     run_script_in_fresh_process(STREAMS, "STREAMS OK")
+
+
+STARTED = """
+import tensorflow as tf
+from stages import extract
+tf.constant(1.0) + 1  # the runtime starts with TensorFlow's default thread pools
+assert extract.cpu_streams(tf) == 1
+assert tf.config.threading.get_intra_op_parallelism_threads() == 0  # the default, untouched
+print("STARTED OK")
+"""
+
+
+def test_cpu_streams_keep_one_stream_once_tensorflow_has_started():
+    """Pools are fixed when the runtime starts: ``cpu_streams`` then leaves them as they are
+    and the forward pass runs as one stream (what bench's one-stream figures rely on)."""
+    run_script_in_fresh_process(STARTED, "STARTED OK")
 
 
 def write_split(folder: Path) -> dict[str, np.ndarray]:
