@@ -58,20 +58,20 @@ def is_stage_process() -> bool:
     return spec is not None and spec.name.startswith("stages.")
 
 
-def exit_finished_stage() -> None:
+def exit_finished_stage(status: int = 0) -> None:
     """End a stage process whose main() has finished, without the interpreter's teardown.
 
     Every output is written, closed and renamed into place by then; what is left is Python
     taking thousands of modules apart and TensorFlow stopping its thread pools: 1.3 s after
-    ``import keras`` here, 0.4 s after scikit-learn, on every stage run. ``os._exit(0)`` after
-    flushing stdout and stderr skips it. Only in a stage process (a test or notebook that calls
-    ``run_stage`` keeps running).
+    ``import keras`` here, 0.4 s after scikit-learn, on every stage run. ``os._exit(status)``
+    after flushing stdout and stderr skips it. Only in a stage process (a test or notebook that
+    calls ``run_stage`` keeps running).
     """
     if not is_stage_process():
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(status)
 
 
 def run_stage(main: Callable[[], None]) -> None:
