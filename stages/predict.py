@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.common import paths
+from stages.common.errors import end_command
 from stages.common.images import IMAGE_EXTENSIONS, ImageError, decode_image, is_stray
 from stages.common.io import write_text
 
@@ -102,4 +103,4 @@ def _csv(rows: list[list]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    end_command(main())

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from stages.common import paths
-from stages.common.errors import exit_finished_stage
+from stages.common.errors import end_command
 from stages.common.images import ImageError, decode_image
 
 PAGE = Path(__file__).with_name("serve.html")
@@ -246,8 +246,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Stopped and cleaned up: end without the interpreter's teardown, which would run while
-    # request threads (daemon threads) may still be inside TensorFlow, and costs 1.3 s anyway.
-    status = main()
-    exit_finished_stage(status)
-    sys.exit(status)
+    end_command(main())

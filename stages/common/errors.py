@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from stages.common import paths
 
@@ -72,6 +73,14 @@ def exit_finished_stage(status: int = 0) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+def end_command(status: int) -> NoReturn:
+    """End a command of ``stages/`` (predict, serve) whose main() returned ``status``, with no
+    teardown in a stage process (``exit_finished_stage``; for serve it would also run while
+    daemon request threads may still be inside TensorFlow), else with ``sys.exit``."""
+    exit_finished_stage(status)
+    sys.exit(status)
 
 
 def run_stage(main: Callable[[], None]) -> None:
