@@ -8,12 +8,15 @@ re-runs a stage for nothing; the same holds for data. So nothing here is hand-ke
 * data deps and outs: the stage module's ``READS`` and ``WRITES``, made of ``stages.common.paths``;
 * params: the sections its ``load_params(...)`` calls name.
 
-Each must equal what dvc.yaml declares for the stage, in both directions.
+Each must equal what dvc.yaml declares for the stage, in both directions. And the committed
+dvc.lock must record the code as it is (a code change committed without its `dvc repro` would
+make a fresh clone's `dvc status` call every such stage changed).
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib
 import re
 from pathlib import Path
@@ -23,6 +26,7 @@ import yaml
 from conftest import REPO_ROOT
 
 DVC_YAML = REPO_ROOT / "dvc.yaml"
+DVC_LOCK = REPO_ROOT / "dvc.lock"
 CODE_ROOT = "stages"
 
 
@@ -133,6 +137,21 @@ def test_code_deps_match_the_imports(name: str) -> None:
     assert not declared - expected, (
         f"dvc.yaml stage '{name}' lists code deps {sorted(declared - expected)} that "
         f"{stage_module(stage)} does not import (directly or not): remove them"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_lock_records_the_code_as_it_is(name: str) -> None:
+    locked = yaml.safe_load(DVC_LOCK.read_text(encoding="utf-8"))["stages"][name]
+    stale = [
+        dep["path"]
+        for dep in locked["deps"]
+        if dep["path"].startswith(f"{CODE_ROOT}/")
+        and hashlib.md5((REPO_ROOT / dep["path"]).read_bytes()).hexdigest() != dep["md5"]
+    ]
+    assert not stale, (
+        f"dvc.lock stage '{name}' records other contents of {stale}: run `dvc repro` (or `dvc "
+        "commit` where the change cannot alter the outputs) and commit dvc.lock"
     )
 
 
