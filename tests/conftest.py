@@ -20,12 +20,15 @@ API (small on purpose):
   with ``TINY_PARAMS`` applied. DVC outputs and caches are not copied, so nothing is shared with
   the real checkout.
 * fixture ``shipped_repo`` (session): such a repository after ``dvc repro export evaluate``: a
-  tiny trained pipeline with its exported model, built once per test session. Tests must not
-  change it (copy it first: ``shutil.copytree(shipped_repo, dest, symlinks=True)``).
+  tiny trained pipeline with its exported model, built once per test run (pytest-xdist workers
+  share the build, each reading its own copy). Tests must not change it (copy it first:
+  ``shutil.copytree(shipped_repo, dest, symlinks=True)``).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import struct
 import subprocess
 import zlib
@@ -35,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from filelock import FileLock
 from PIL import Image
 
 from tools.scratch import (  # noqa: F401  (re-exported for the tests)
@@ -122,12 +126,34 @@ def pipeline_repo(tmp_path: Path) -> Path:
     return scratch_repo(tmp_path / "repo", TINY_PARAMS)
 
 
-@pytest.fixture(scope="session")
-def shipped_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny pipeline trained, exported and evaluated once per session (read-only for tests)."""
-    repo = scratch_repo(tmp_path_factory.mktemp("shipped") / "repo", TINY_PARAMS)
+def build_shipped_repo(dest: Path) -> Path:
+    """A scratch repository in ``dest`` with ``TINY_PARAMS``, after ``dvc repro export evaluate``."""
+    repo = scratch_repo(dest, TINY_PARAMS)
     run(["dvc", "repro", "export", "evaluate"], repo)
     return repo
+
+
+@pytest.fixture(scope="session")
+def shipped_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny pipeline trained, exported and evaluated once per test run (read-only for tests).
+
+    Under pytest-xdist the workers share one build: the first worker to need it builds it in the
+    run's common temp folder (under a file lock; the others wait), and each worker then works on
+    its own copy, so nothing a test runs in its copy (``dvc status`` writes ``.dvc/tmp``) is seen
+    by another worker mid-copy. The shared build is only ever read, by ``copytree``.
+    """
+    own = tmp_path_factory.mktemp("shipped") / "repo"
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build_shipped_repo(own)
+    shared = tmp_path_factory.getbasetemp().parent / "shipped_shared"
+    built = shared.with_name(shared.name + ".built")
+    with FileLock(str(shared) + ".lock"):
+        if not built.exists():
+            shutil.rmtree(shared, ignore_errors=True)  # a worker's build that failed halfway
+            build_shipped_repo(shared)
+            built.touch()
+    shutil.copytree(shared, own, symlinks=True)
+    return own
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
