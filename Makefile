@@ -4,7 +4,8 @@ VENV ?= .venv
 REQUIREMENTS ?= requirements-cpu.txt
 BIN := $(VENV)/bin
 # pytest workers for `make test` (pytest-xdist; each takes whole test files, so a file's
-# module fixtures are built once). TEST_WORKERS=0 runs the suite in one process.
+# module fixtures are built once; the slow files first: tests/conftest.py SLOW_FILES_FIRST).
+# TEST_WORKERS=0 runs the suite in one process.
 TEST_WORKERS ?= 2
 
 .PHONY: setup run serve test lint plots clean-venv
@@ -26,7 +27,7 @@ serve: setup
 test: setup
 	$(BIN)/ruff check stages tests bench tools
 	$(BIN)/ruff format --check stages tests bench tools
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: setup
 	$(BIN)/ruff check stages tests bench tools

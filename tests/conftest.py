@@ -63,6 +63,32 @@ TINY_PARAMS: dict[str, Any] = {
 }
 
 
+# The files that take minutes, longest first (`pytest --durations`, two workers). With
+# pytest-xdist's `--dist loadfile --no-loadscope-reorder` (make test) the workers take files in
+# this order, then the rest as collected, so no long file starts last while the other worker
+# has run out of files. test_export.py comes before test_serve.py: it builds ``shipped_repo``,
+# which test_serve.py then only copies.
+SLOW_FILES_FIRST = (
+    "test_pipeline_e2e.py",
+    "test_share_e2e.py",
+    "test_faults.py",
+    "test_export.py",
+    "test_extract.py",
+    "test_photos_e2e.py",
+    "test_serve.py",
+    "test_weights.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run ``SLOW_FILES_FIRST`` first, in that order; each file's tests keep their order."""
+    missing = [name for name in SLOW_FILES_FIRST if not (Path(__file__).parent / name).is_file()]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py SLOW_FILES_FIRST names no such file: {missing}")
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def run(
     cmd: Sequence[str] | str,
     cwd: str | Path,
