@@ -155,6 +155,14 @@ def test_lock_records_the_code_as_it_is(name: str) -> None:
     )
 
 
+def test_lock_holds_only_the_stages_of_dvc_yaml() -> None:
+    """DVC keeps a removed or renamed stage's entry in dvc.lock; it is parsed on every command."""
+    stale = sorted(
+        set(yaml.safe_load(DVC_LOCK.read_text(encoding="utf-8"))["stages"]) - set(STAGES)
+    )
+    assert not stale, f"dvc.lock holds stages that dvc.yaml no longer has: {stale}; delete them"
+
+
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_data_deps_and_outs_match_the_stage(name: str) -> None:
     stage = STAGES[name]
