@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import zlib
@@ -78,6 +79,20 @@ SLOW_FILES_FIRST = (
     "test_serve.py",
     "test_weights.py",
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C at its default in this process, so in every command the tests start.
+
+    A shell starts a background job (``cmd &`` in a script, ``nohup``, some CI runners) with
+    SIGINT ignored, and a process inherits that through ``exec``: a server the tests start
+    would ignore the Ctrl-C that ``Server.stop()`` sends, as a person at a terminal would, and
+    be killed after a minute. Which tests failed then depended on whether an earlier test in the
+    same xdist worker had set a handler of its own (a handler, unlike "ignored", is reset on
+    ``exec``). Runs in the main process and in each worker.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

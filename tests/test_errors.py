@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,12 @@ def test_a_finished_stage_process_exits_without_teardown(kind: str, tmp_path: Pa
         assert "teardown ran" not in done.stdout and "after run_stage" not in done.stdout
     else:  # a test or notebook calling run_stage keeps running
         assert "after run_stage" in done.stdout and "teardown ran" in done.stdout
+
+
+def test_commands_the_tests_start_get_ctrl_c_at_its_default():
+    """Whatever the suite was started from (tests/conftest.py ``pytest_configure``): a process
+    the tests start, such as the try-it server that ``Server.stop()`` stops with Ctrl-C, does
+    not inherit SIGINT ignored."""
+    probe = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.stdout.strip() == "True", result.stdout + result.stderr
