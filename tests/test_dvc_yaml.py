@@ -107,6 +107,7 @@ def declared_outs(stage: dict) -> set[str]:
 
 
 STAGES = dvc_stages()
+LOCKED_STAGES: dict[str, dict] = yaml.safe_load(DVC_LOCK.read_text(encoding="utf-8"))["stages"]
 
 
 def test_derivation_finds_imports_inside_functions() -> None:
@@ -142,10 +143,9 @@ def test_code_deps_match_the_imports(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_lock_records_the_code_as_it_is(name: str) -> None:
-    locked = yaml.safe_load(DVC_LOCK.read_text(encoding="utf-8"))["stages"][name]
     stale = [
         dep["path"]
-        for dep in locked["deps"]
+        for dep in LOCKED_STAGES[name]["deps"]
         if dep["path"].startswith(f"{CODE_ROOT}/")
         and hashlib.md5((REPO_ROOT / dep["path"]).read_bytes()).hexdigest() != dep["md5"]
     ]
@@ -157,9 +157,7 @@ def test_lock_records_the_code_as_it_is(name: str) -> None:
 
 def test_lock_holds_only_the_stages_of_dvc_yaml() -> None:
     """DVC keeps a removed or renamed stage's entry in dvc.lock; it is parsed on every command."""
-    stale = sorted(
-        set(yaml.safe_load(DVC_LOCK.read_text(encoding="utf-8"))["stages"]) - set(STAGES)
-    )
+    stale = sorted(set(LOCKED_STAGES) - set(STAGES))
     assert not stale, f"dvc.lock holds stages that dvc.yaml no longer has: {stale}; delete them"
 
 
