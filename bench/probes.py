@@ -58,20 +58,31 @@ def conv_dense_flops(keras, model) -> int:
     return int(total)
 
 
-def sgemm_functions(tf) -> dict[str, Callable[[], Any]]:
-    """A float32 2048x2048 matmul through TensorFlow and through numpy (OpenBLAS)."""
+def sgemm_functions(tf, streams: int = 1) -> dict[str, Callable[[], Any]]:
+    """Float32 2048x2048 matmuls through TensorFlow and through numpy (OpenBLAS).
+
+    With ``streams`` > 1 (this process's TensorFlow runs one single-threaded stream per core,
+    ``extract.cpu_streams``) the TensorFlow function runs ``streams`` independent matmuls side by
+    side, as extract runs its sub-batches: one matmul alone would run on one core there and
+    understate the limit. Time it per matmul with ``gflops(seconds, streams)``.
+    """
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((SGEMM_N, SGEMM_N), dtype=np.float32) for _ in range(2))
-    ta, tb = tf.constant(a), tf.constant(b)
-    matmul = tf.function(tf.linalg.matmul)
+    pairs = [(tf.constant(a), tf.constant(b)) for _ in range(streams)]
+
+    @tf.function
+    def matmuls():
+        return [tf.linalg.matmul(x, y) for x, y in pairs]
+
     return {
-        "sgemm_tf": lambda: matmul(ta, tb).numpy(),
+        "sgemm_tf": lambda: [c.numpy() for c in matmuls()],
         "sgemm_numpy": lambda: a @ b,
     }
 
 
-def gflops(seconds: float) -> float:
-    return 2 * SGEMM_N**3 / seconds / 1e9
+def gflops(seconds: float, matmuls: int = 1) -> float:
+    """The rate of ``matmuls`` 2048x2048 float32 matmuls done in ``seconds``."""
+    return matmuls * 2 * SGEMM_N**3 / seconds / 1e9
 
 
 def synthetic_images(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -142,8 +153,9 @@ def probe_extract_speed(
 
     The stage path is the stage's own: one single-threaded stream per core (``cpu_streams``),
     or with ``one_stream`` one stream over TensorFlow's default thread pools (as before issue
-    16). ``model.predict`` runs on the same pools. The limit is the faster of TensorFlow's and
-    numpy's matmul; numpy's OpenBLAS keeps its own threads, one per core, either way."""
+    16). ``model.predict`` runs on the same pools. The limit is the faster of TensorFlow's
+    matmul on the same threads (one single-threaded matmul per stream, side by side:
+    ``sgemm_functions``) and numpy's, whose OpenBLAS keeps its own threads, one per core."""
     from stages import extract
     from stages.common.images import to_model_input
     from stages.common.io import load_npy, save_npy
@@ -158,7 +170,7 @@ def probe_extract_speed(
     with tempfile.TemporaryDirectory() as tmp:
         save_npy(Path(tmp) / "images.npy", synthetic_images(images, size))
         x = load_npy(Path(tmp) / "images.npy", mmap=True)
-        fns = sgemm_functions(tf)
+        fns = sgemm_functions(tf, streams)
         fns["project"] = lambda: project_run(tf, model, forward, strategy, x, batch_size, Path(tmp))
         fns["predict"] = lambda: plain.predict(to_model_input(np.asarray(x)), verbose=0)
         for bs in batch_sizes:
@@ -171,7 +183,7 @@ def probe_extract_speed(
             run_p = lambda b=built: project_run(tf, *b, x, batch_size, Path(tmp))  # noqa: E731
             best |= best_of({precision: run_p}, reps)
     flops = conv_dense_flops(keras, model)
-    sgemm = max(gflops(best["sgemm_tf"]), gflops(best["sgemm_numpy"]))
+    sgemm = max(gflops(best["sgemm_tf"], streams), gflops(best["sgemm_numpy"]))
     result = {
         "size": size,
         "layer": stage_params()["layer"],
@@ -179,7 +191,7 @@ def probe_extract_speed(
         "batch_size": batch_size,
         "streams": streams,
         "flops_per_image": flops,
-        "sgemm_tf_gflops": gflops(best["sgemm_tf"]),
+        "sgemm_tf_gflops": gflops(best["sgemm_tf"], streams),
         "sgemm_numpy_gflops": gflops(best["sgemm_numpy"]),
         "sgemm_gflops": sgemm,
         "project_images_per_s": images / best["project"],
