@@ -250,7 +250,14 @@ def probe_extract_profile(size: int, images: int, batch_size: int, reps: int) ->
 
     streams = extract.cpu_streams(tf)
     model, forward, strategy = project_extractor(keras, tf, size, streams=streams)
-    bare = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
+
+    @tf.function(reduce_retracing=True)
+    def bare(batch):
+        """The forward pass without ``to_model_input``, cut into the same streams (one alone
+        would run on one core of this process's single-threaded pools)."""
+        parts = tf.split(batch, streams)  # batch_size is a multiple of streams here
+        return tf.concat([model(part, training=False) for part in parts], axis=0)
+
     with tempfile.TemporaryDirectory() as tmp:
         save_npy(Path(tmp) / "images.npy", synthetic_images(images, size))
         x = load_npy(Path(tmp) / "images.npy", mmap=True)
