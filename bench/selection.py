@@ -9,7 +9,7 @@ with different label smoothing is not comparable (smoothing caps every confidenc
 read: the record holds val figures only, so that nothing here can be tuned on the test set.
 
 One key at a time, from the current params.yaml (coordinate-wise): for each key in
-``CANDIDATES`` every value is run with ``dvc exp run -S key=value -S split.seed=S
+``CANDIDATES`` every value is run with ``dvc exp run evaluate -S key=value -S split.seed=S
 -S train.seed=H`` in a scratch copy of the project (ImageNet weights); stages whose deps and
 params did not change come from DVC's run cache. Writes ``bench/selection.json``: per key, the
 mean and per-run val log-loss and val accuracy of every value, the value chosen, and whether it
@@ -72,7 +72,8 @@ def as_cli(value: Any) -> str:
 
 
 def val_scores(repo: Path, sets: list[str]) -> dict[str, float]:
-    cmd = ["dvc", "exp", "run", *[arg for s in sets for arg in ("-S", s)]]
+    # Up to evaluate only: the baselines and the export do not enter the val figures.
+    cmd = ["dvc", "exp", "run", "evaluate", *[arg for s in sets for arg in ("-S", s)]]
     result = subprocess.run(cmd, cwd=repo, env=command_env(), capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"`{' '.join(cmd)}` failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
