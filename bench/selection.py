@@ -85,6 +85,19 @@ def val_scores(repo: Path, sets: list[str]) -> dict[str, float]:
     }
 
 
+def exp_sets(key: str, value: Any, seed: int, head_seed: int) -> list[str]:
+    """The ``-S`` settings of one run: ``key`` at ``value``, every other candidate key at
+    params.yaml's value, the split and head seeds, ImageNet weights.
+
+    The other keys are set explicitly because ``dvc exp run -S`` leaves the run's values in the
+    workspace's params.yaml: unset, a key would keep the previous key's last candidate.
+    """
+    settings = dict(kv for other in CANDIDATES for kv in assignments(other, current(other)))
+    settings |= dict(assignments(key, value))
+    settings |= {"split.seed": seed, "train.seed": head_seed, "extract.weights": "imagenet"}
+    return [f"{k}={as_cli(v)}" for k, v in settings.items()]
+
+
 def select(repo: Path, key: str, seeds: list[int], head_seeds: list[int]) -> dict:
     """Every candidate of ``key`` over all seeds; the fewest val errors, then the lowest mean val
     log-loss."""
@@ -92,12 +105,7 @@ def select(repo: Path, key: str, seeds: list[int], head_seeds: list[int]) -> dic
     for value in CANDIDATES[key]:
         runs = []
         for seed, head_seed in itertools.product(seeds, head_seeds):
-            sets = [
-                *(f"{k}={as_cli(v)}" for k, v in assignments(key, value)),
-                f"split.seed={seed}",
-                f"train.seed={head_seed}",
-                "extract.weights=imagenet",
-            ]
+            sets = exp_sets(key, value, seed, head_seed)
             runs.append({"seed": seed, "head_seed": head_seed, **val_scores(repo, sets)})
             print(f"{key}={as_cli(value)} seed {seed}/{head_seed}: {runs[-1]}", flush=True)
         tried[as_cli(value)] = {
