@@ -72,6 +72,7 @@ def as_cli(value: Any) -> str:
 
 
 def val_scores(repo: Path, sets: list[str]) -> dict[str, float]:
+    reset_params(repo)
     # Up to evaluate only: the baselines and the export do not enter the val figures.
     cmd = ["dvc", "exp", "run", "evaluate", *[arg for s in sets for arg in ("-S", s)]]
     result = subprocess.run(cmd, cwd=repo, env=command_env(), capture_output=True, text=True)
@@ -86,16 +87,22 @@ def val_scores(repo: Path, sets: list[str]) -> dict[str, float]:
 
 
 def exp_sets(key: str, value: Any, seed: int, head_seed: int) -> list[str]:
-    """The ``-S`` settings of one run: ``key`` at ``value``, every other candidate key at
-    params.yaml's value, the split and head seeds, ImageNet weights.
-
-    The other keys are set explicitly because ``dvc exp run -S`` leaves the run's values in the
-    workspace's params.yaml: unset, a key would keep the previous key's last candidate.
-    """
-    settings = dict(kv for other in CANDIDATES for kv in assignments(other, current(other)))
-    settings |= dict(assignments(key, value))
+    """The ``-S`` settings of one run: ``key`` at ``value``, the split and head seeds, ImageNet
+    weights; every other param is params.yaml's (``reset_params`` before each run)."""
+    settings = dict(assignments(key, value))
     settings |= {"split.seed": seed, "train.seed": head_seed, "extract.weights": "imagenet"}
     return [f"{k}={as_cli(v)}" for k, v in settings.items()]
+
+
+def reset_params(repo: Path) -> None:
+    """Put the project's params.yaml back in ``repo`` before a run.
+
+    ``dvc exp run -S`` leaves the run's values in the workspace's params.yaml: without this the
+    next run would keep the previous key's last candidate. Setting every key explicitly instead
+    is no way out: DVC rewrites a list it sets in block style, and setting ``[]`` on that block
+    list then wrote a params.yaml it could not read (DVC 3, ruamel.yaml).
+    """
+    shutil.copyfile(ROOT / paths.PARAMS_FILE, repo / paths.PARAMS_FILE)
 
 
 def select(repo: Path, key: str, seeds: list[int], head_seeds: list[int]) -> dict:

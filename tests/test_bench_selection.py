@@ -1,31 +1,35 @@
-"""bench.selection varies one default at a time; every other default must stay at params.yaml's
+"""bench.selection varies one default at a time; every other param must stay at params.yaml's
 value in every run, whatever the previous run left in the scratch workspace."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from conftest import REPO_ROOT
+
 from bench import selection
+from stages.common import paths
 
 
-def test_each_run_sets_every_other_candidate_key_to_params_yaml():
+def test_a_run_sets_only_its_key_and_the_seeds():
     sets = dict(s.split("=", 1) for s in selection.exp_sets("train.dropout", 0.25, 7, 1))
-    expected = {
-        k: selection.as_cli(v)
-        for key in selection.CANDIDATES
-        if key != "train.dropout"
-        for k, v in selection.assignments(key, selection.current(key))
+    assert sets == {
+        "train.dropout": "0.25",
+        "split.seed": "7",
+        "train.seed": "1",
+        "extract.weights": "imagenet",
     }
-    assert {k: sets[k] for k in expected} == expected
-    assert sets["train.dropout"] == "0.25"
-    assert (sets["split.seed"], sets["train.seed"], sets["extract.weights"]) == (
-        "7",
-        "1",
-        "imagenet",
-    )
 
 
 def test_a_joint_key_sets_both_of_its_params():
-    sets = dict(
-        s.split("=", 1)
-        for s in selection.exp_sets("train.batch_size+learning_rate", [256, 0.001], 42, 42)
-    )
-    assert (sets["train.batch_size"], sets["train.learning_rate"]) == ("256", "0.001")
+    sets = selection.exp_sets("train.batch_size+learning_rate", [256, 0.001], 42, 42)
+    assert sets[:2] == ["train.batch_size=256", "train.learning_rate=0.001"]
+
+
+def test_params_are_put_back_before_each_run(tmp_path: Path):
+    """What the last ``dvc exp run -S`` left in the workspace is replaced by params.yaml."""
+    (tmp_path / paths.PARAMS_FILE).write_text("train:\n  dropout: 0.0\n", encoding="utf-8")
+    selection.reset_params(tmp_path)
+    assert (tmp_path / paths.PARAMS_FILE).read_bytes() == (
+        REPO_ROOT / paths.PARAMS_FILE
+    ).read_bytes()
