@@ -1,9 +1,10 @@
 """Selection records for the defaults: each one chosen by the project's one rule, on val only.
 
     python -m bench.selection [--keys train.dropout ...] [--seeds 42 7 123] [--head-seeds 42 1]
+        [--data mnist digits]
 
 The rule (README "Model selection"): the fewest **val errors** summed over split seeds x head
-seeds, and among equals the lowest mean **val log-loss** (plain, unsmoothed cross-entropy of the
+seeds (and over data sets, with more than one ``--data``), and among equals the lowest mean **val log-loss** (plain, unsmoothed cross-entropy of the
 val images, ``metrics.json`` ``val.log_loss``). Errors first because the log-loss of settings
 with different label smoothing is not comparable (smoothing caps every confidence). Test is not
 read: the record holds val figures only, so that nothing here can be tuned on the test set.
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from bench.accuracy import DATA
 from stages.common import paths
 from tools.scratch import command_env, scratch_repo
 
@@ -46,6 +48,13 @@ CANDIDATES: dict[str, list[Any]] = {
     "train.layers": [[], [256], [512], [1024]],
     # Batch size and learning rate move together (the rate scaled with the batch).
     "train.batch_size+learning_rate": [[256, 0.001], [1024, 0.002], [1024, 0.004]],
+    # The two that won one at a time (bench/selection.json, MNIST), tried together.
+    "train.learning_rate+min_delta": [
+        [0.002, 0.0001],
+        [0.004, 0.0001],
+        [0.002, 0.001],
+        [0.004, 0.001],
+    ],
     "augment.copies": [0, 4, 8],
     "extract.pooling": ["avg", "max"],
 }
@@ -86,12 +95,13 @@ def val_scores(repo: Path, sets: list[str]) -> dict[str, float]:
     }
 
 
-def exp_sets(key: str, value: Any, seed: int, head_seed: int) -> list[str]:
+def exp_sets(key: str, value: Any, seed: int, head_seed: int, data: str = "mnist") -> list[str]:
     """The ``-S`` settings of one run: ``key`` at ``value``, the split and head seeds, ImageNet
-    weights; every other param is params.yaml's (``reset_params`` before each run)."""
+    weights, the data set's settings (``bench.accuracy.DATA``); every other param is
+    params.yaml's (``reset_params`` before each run)."""
     settings = dict(assignments(key, value))
     settings |= {"split.seed": seed, "train.seed": head_seed, "extract.weights": "imagenet"}
-    return [f"{k}={as_cli(v)}" for k, v in settings.items()]
+    return [f"{k}={as_cli(v)}" for k, v in settings.items()] + DATA[data]
 
 
 def reset_params(repo: Path) -> None:
@@ -105,16 +115,17 @@ def reset_params(repo: Path) -> None:
     shutil.copyfile(ROOT / paths.PARAMS_FILE, repo / paths.PARAMS_FILE)
 
 
-def select(repo: Path, key: str, seeds: list[int], head_seeds: list[int]) -> dict:
-    """Every candidate of ``key`` over all seeds; the fewest val errors, then the lowest mean val
-    log-loss."""
+def select(repo: Path, key: str, seeds: list[int], head_seeds: list[int], data: list[str]) -> dict:
+    """Every candidate of ``key`` over all data sets and seeds; the fewest val errors, then the
+    lowest mean val log-loss."""
     tried: dict[str, dict] = {}
     for value in CANDIDATES[key]:
         runs = []
-        for seed, head_seed in itertools.product(seeds, head_seeds):
-            sets = exp_sets(key, value, seed, head_seed)
-            runs.append({"seed": seed, "head_seed": head_seed, **val_scores(repo, sets)})
-            print(f"{key}={as_cli(value)} seed {seed}/{head_seed}: {runs[-1]}", flush=True)
+        for name, seed, head_seed in itertools.product(data, seeds, head_seeds):
+            sets = exp_sets(key, value, seed, head_seed, name)
+            run = {"data": name, "seed": seed, "head_seed": head_seed}
+            runs.append(run | val_scores(repo, sets))
+            print(f"{key}={as_cli(value)} {name} seed {seed}/{head_seed}: {runs[-1]}", flush=True)
         tried[as_cli(value)] = {
             "val_errors": int(sum(r["val_errors"] for r in runs)),
             "mean_val_log_loss": round(float(np.mean([r["val_log_loss"] for r in runs])), 6),
@@ -136,6 +147,7 @@ def main() -> None:
     parser.add_argument("--keys", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 123])
     parser.add_argument("--head-seeds", type=int, nargs="+", default=[42, 1])
+    parser.add_argument("--data", nargs="+", default=["mnist"], choices=list(DATA))
     parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep it")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-selection-"))
@@ -144,9 +156,10 @@ def main() -> None:
     record = json.loads(OUT.read_text()) if OUT.exists() else {}
     for key in args.keys:
         record[key] = {
+            "data": args.data,
             "seeds": args.seeds,
             "head_seeds": args.head_seeds,
-            **select(repo, key, args.seeds, args.head_seeds),
+            **select(repo, key, args.seeds, args.head_seeds, args.data),
         }
         OUT.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         print(f"{key}: chosen {record[key]['chosen']} (params.yaml {record[key]['params_yaml']})")

@@ -18,7 +18,14 @@ def test_a_run_sets_only_its_key_and_the_seeds():
         "split.seed": "7",
         "train.seed": "1",
         "extract.weights": "imagenet",
+        "data.source": "mnist",
     }
+
+
+def test_a_digits_run_uses_all_the_embedded_digits():
+    sets = dict(s.split("=", 1) for s in selection.exp_sets("train.dropout", 0.25, 7, 1, "digits"))
+    assert sets["data.source"] == "digits"
+    assert sets["data.max_per_class"] == "null"
 
 
 def test_a_joint_key_sets_both_of_its_params():
