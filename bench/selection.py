@@ -4,8 +4,9 @@
         [--data mnist digits]
 
 The rule (README "Model selection"): the fewest **val errors** summed over split seeds x head
-seeds (and over data sets, with more than one ``--data``), and among equals the lowest mean **val log-loss** (plain, unsmoothed cross-entropy of the
-val images, ``metrics.json`` ``val.log_loss``). Errors first because the log-loss of settings
+seeds (and over data sets, with more than one ``--data``), and among equals the lowest mean
+**val log-loss** (plain, unsmoothed cross-entropy of the val images, ``metrics.json``
+``val.log_loss``). Errors first because the log-loss of settings
 with different label smoothing is not comparable (smoothing caps every confidence). Test is not
 read: the record holds val figures only, so that nothing here can be tuned on the test set.
 
