@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # TEST_WORKERS=0 runs the suite in one process.
 TEST_WORKERS ?= 2
 
-.PHONY: setup run serve test lint plots clean-venv
+.PHONY: setup run serve test lint plots docs clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: setup
 lint: setup
 	$(BIN)/ruff check stages tests bench tools
 	$(BIN)/ruff format --check stages tests bench tools
+
+# Every figure in README.md and docs/ from metrics/*.json and bench/*.json (tools/docs.py).
+docs: setup
+	$(BIN)/python -m tools.docs
 
 # Workspace vs HEAD as one self-contained page (works offline: .dvc/plots/offline.html).
 plots: setup

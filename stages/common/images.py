@@ -144,7 +144,7 @@ class ImagePrep:
     image goes through exactly what the training images went through. The steps, in order,
     after EXIF orientation: ``crop`` (``ink``: to the dark foreground found against the page's
     own background, plus ``crop_margin``), ``normalise`` (``contrast``: stretch each channel
-    from its darkest to its lightest 1 %; ``illumination``: divide each channel by the page's
+    linearly from its 1st to its 95th percentile, ``_stretch``; ``illumination``: divide each channel by the page's
     estimated background first, which removes light gradients and paper colour), ``fit`` to a
     square (``pad`` with the page colour, ``center_crop``, ``stretch``), resize to ``image_size``.
     ``fit: stretch, crop: none, normalise: none`` is the pipeline's behaviour before these params.

@@ -1,0 +1,317 @@
+"""Every figure in README.md and docs/*.md, generated from the JSON records.
+
+    python -m tools.docs           # rewrite the generated regions in place (``make docs``)
+    python -m tools.docs --check   # exit 1, naming each page, when a page is not up to date
+
+A page marks what this command writes with a pair of HTML comments, which Markdown hides:
+
+    <!-- generated:results -->
+    (anything here is replaced)
+    <!-- /generated -->
+
+The name picks a function in ``GENERATORS``; each reads records only (``metrics/*.json``,
+``bench/*.json``, ``params.yaml``), never runs anything, so the command takes a second and
+``tests/test_docs.py`` can fail whenever a committed page differs from what it generates. A region
+written on one line (``<!-- generated:NAME -->…<!-- /generated -->``) gets the figure inline.
+To add a figure: write a function ``(root) -> str`` below, register it, put the markers in a page,
+run ``make docs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+REGION = re.compile(r"(?<!`)<!-- generated:([\w-]+) -->(.*?)<!-- /generated -->", re.DOTALL)
+NONE = "\u2013"  # an en dash: no figure in this cell
+BASELINE_NAMES = {
+    "logreg_features": "logistic regression on the same cached features",
+    "svm_rbf_pixels": "RBF SVM on raw pixels",
+    "logreg_pixels": "logistic regression on raw pixels",
+}
+
+
+def pages(root: Path = ROOT) -> list[Path]:
+    """The pages this command keeps: README.md, CHANGELOG.md and every docs/*.md."""
+    found = [root / "README.md", root / "CHANGELOG.md", *sorted((root / "docs").glob("*.md"))]
+    return [p for p in found if p.exists()]
+
+
+def read(root: Path, rel: str) -> Any:
+    return json.loads((root / rel).read_text(encoding="utf-8"))
+
+
+def pct(value: float) -> str:
+    return f"{value:.2%}".replace("%", " %")
+
+
+def p_value(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.2f}"
+
+
+def verdict(p_mid: float, head_more: bool) -> str:
+    if p_mid >= 0.05:
+        return "indistinguishable"
+    return "head better" if head_more else "baseline better"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def results(root: Path) -> str:
+    """The default run (metrics/*.json): the head and each baseline on the same test images."""
+    metrics = read(root, "metrics/metrics.json")
+    baselines = {**read(root, "metrics/baselines_pixels.json")}
+    baselines |= read(root, "metrics/baselines_features.json")
+    test = metrics["test"]
+    rows = [
+        [
+            "**head** (defaults)",
+            f"**{pct(test['accuracy'])}** ({test['right']}/{test['n']}) "
+            f"[{pct(test['accuracy_low'])}, {pct(test['accuracy_high'])}]",
+            NONE,
+            NONE,
+            NONE,
+        ]
+    ]
+    for name, label in BASELINE_NAMES.items():
+        paired = metrics["paired"].get(name)
+        if name not in baselines or paired is None:
+            continue
+        head, base = paired["head_only_right"], paired["baseline_only_right"]
+        rows.append(
+            [
+                label,
+                pct(baselines[name]["test_accuracy"]),
+                f"{head} / {base}",
+                p_value(paired["p_mid"]),
+                verdict(paired["p_mid"], head > base),
+            ]
+        )
+    header = [
+        "model",
+        "test accuracy [95 % interval]",
+        "head right / baseline right where only one is",
+        "McNemar mid-p",
+        "verdict",
+    ]
+    note = (
+        f"\n\n{metrics['images']['test']:,} test images, {metrics['images']['train']:,} training "
+        f"images (+{metrics['images']['train_augmented']:,} augmented copies for the head); "
+        f"test log-loss {test['log_loss']:.3f}, expected calibration error {test['ece']:.3f}."
+    )
+    return table(header, rows) + note
+
+
+def seeds(rel: str) -> Callable[[Path], str]:
+    """Test accuracy over split seeds (bench/accuracy*.json, ``python -m bench.accuracy``)."""
+
+    def generate(root: Path) -> str:
+        record = read(root, rel)
+        rows = []
+        for config, row in record["rows"].items():
+            if config.startswith("baseline"):
+                continue
+            errors = ", ".join(str(r["test_errors"]) for r in record["runs"][config])
+            rows.append([f"**head, {config}**", spread(row["test"]), errors, NONE, NONE])
+        paired = record["paired"].get("defaults", {})
+        for name, label in BASELINE_NAMES.items():
+            row = record["rows"].get(f"baseline {name} (original images)")
+            if row is None:
+                continue
+            p = paired.get(name, {})
+            counts = f"{p.get('head_only_right', NONE)} / {p.get('baseline_only_right', NONE)}"
+            significant = f"{p.get('significant', 0)} of {p.get('runs', 0)}"
+            rows.append([label, spread(row["test"]), NONE, counts, significant])
+        header = [
+            "model",
+            "test accuracy, mean ± std (min to max)",
+            "test errors per split",
+            "head right / baseline right where only one is (summed)",
+            "splits with mid-p < 0.05",
+        ]
+        note = (
+            f"\n\nSplit seeds {', '.join(map(str, record['seeds']))}, head seeds "
+            f"{', '.join(map(str, record['head_seeds']))}; data: `{' '.join(record['data'])}`."
+        )
+        return table(header, rows) + note
+
+    return generate
+
+
+def spread(summary: dict[str, float]) -> str:
+    return (
+        f"{pct(summary['mean'])} ± {pct(summary['std'])} "
+        f"({pct(summary['min'])} to {pct(summary['max'])})"
+    )
+
+
+def selection(root: Path) -> str:
+    """Every key of bench/selection.json: each value's val errors and mean val log-loss."""
+    record = read(root, "bench/selection.json")
+    rows = []
+    for key, entry in record.items():
+        for value, tried in entry["tried"].items():
+            mark = "**chosen**" if value == entry["chosen"] else ""
+            rows.append(
+                [
+                    f"`{key}`",
+                    f"`{value}`",
+                    str(tried["val_errors"]),
+                    f"{tried['mean_val_log_loss']:.4f}",
+                    f"{' + '.join(entry['data'])}, {len(tried['runs'])} runs",
+                    mark,
+                ]
+            )
+    header = ["key", "value", "val errors", "mean val log-loss", "data, runs", ""]
+    return table(header, rows)
+
+
+def photos(root: Path) -> str:
+    """Photos against scans of the same digits (bench/photos.json, ``python -m bench.photos``)."""
+    record = read(root, "bench/photos.json")
+    rows = [
+        [
+            r["data"],
+            r["preparation"],
+            pct(r["test_accuracy"]),
+            pct(r["val_accuracy"]),
+            str(r["test_images"]),
+        ]
+        for r in record["runs"]
+    ]
+    header = ["data", "preparation", "test accuracy", "val accuracy", "test images"]
+    return table(header, rows)
+
+
+def heldout(root: Path) -> str:
+    """The shipped model on the MNIST digits its run did not use (bench/photos.json)."""
+    found = read(root, "bench/photos.json").get("mnist_heldout") or {}
+    if not found:
+        return "*(not in the record yet: `python -m bench.photos` writes it)*"
+    return table(
+        ["held-out images", "count", "accuracy"],
+        [
+            [name, str(found[name]["images"]), pct(found[name]["accuracy"])]
+            for name in ("scans", "photos")
+        ],
+    )
+
+
+def export(root: Path) -> str:
+    """metrics/export.json: each exported file against the head, and its size."""
+    record = read(root, "metrics/export.json")
+    files = {
+        "keras": "classifier.keras",
+        "saved_model": "export/saved_model",
+        "tflite": "export/classifier.tflite",
+    }
+    rows = [
+        [
+            f"`models/{path}`",
+            f"{record[name]['top1_agreement']:.2%}",
+            f"{record[name]['max_abs_diff']:.2g}",
+            f"{record['size_bytes'][path] / 1e6:.1f} MB",
+        ]
+        for name, path in files.items()
+    ]
+    header = ["file", "top-1 equal to the head", "largest probability difference", "size"]
+    return (
+        table(header, rows)
+        + f"\n\nOn {record['test_images']} test images, tolerance {record['tolerance']:g}."
+    )
+
+
+def bench(root: Path) -> str:
+    """The latest ``python -m bench`` table (bench/results.json → ``table``)."""
+    record = read(root, "bench/results.json")
+    m = record["machine"]
+    bf16 = any(flag in m.get("cpu_flags", []) for flag in ("avx512_bf16", "amx_bf16"))
+    line = (
+        f"Measured on {m['cores']} cores, {m['memory_gib']} GiB, {m['gpus']} GPU, bfloat16 units: "
+        f"{'yes' if bf16 else 'no'}; TensorFlow {m['tensorflow']}, Keras {m['keras']}, "
+        f"Python {m['python']}; {record.get('bench_s', 0):.0f} s in all."
+    )
+    return line + "\n\n" + table(["figure", "value", "notes"], record["table"])
+
+
+PARAM_LINE = re.compile(r"^  (\w+):\s*(.*?)\s*(?:#\s*(.*))?$")
+
+
+def params(root: Path) -> str:
+    """params.yaml as a table: every key, its value and its comment (the file is the truth)."""
+    rows, section = [], ""
+    for line in (root / "params.yaml").read_text(encoding="utf-8").splitlines():
+        if re.match(r"^\w+:\s*$", line):
+            section = line.rstrip(":").strip()
+        elif match := PARAM_LINE.match(line):
+            key, value, comment = match.groups()
+            rows.append([f"`{section}.{key}`", f"`{value}`", (comment or "").replace("|", "/")])
+    return table(["key", "default", "meaning"], rows)
+
+
+GENERATORS: dict[str, Callable[[Path], str]] = {
+    "results": results,
+    "seeds-mnist": seeds("bench/accuracy_mnist.json"),
+    "seeds-digits": seeds("bench/accuracy.json"),
+    "selection": selection,
+    "photos": photos,
+    "heldout": heldout,
+    "export": export,
+    "bench": bench,
+    "params": params,
+}
+
+
+def render(text: str, root: Path = ROOT) -> str:
+    """``text`` with every generated region filled from the records."""
+
+    def fill(match: re.Match) -> str:
+        name, body = match.group(1), match.group(2)
+        if name not in GENERATORS:
+            raise KeyError(f"unknown generated region '{name}' (known: {sorted(GENERATORS)})")
+        figure = GENERATORS[name](root)
+        inner = f"\n{figure}\n" if "\n" in body else figure
+        return f"<!-- generated:{name} -->{inner}<!-- /generated -->"
+
+    return REGION.sub(fill, text)
+
+
+def stale_pages(root: Path = ROOT, write: bool = False) -> list[Path]:
+    """The pages whose generated regions differ from the records (rewritten with ``write``)."""
+    stale = []
+    for page in pages(root):
+        text = page.read_text(encoding="utf-8")
+        fresh = render(text, root)
+        if fresh != text:
+            stale.append(page)
+            if write:
+                page.write_text(fresh, encoding="utf-8")
+    return stale
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.docs", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--check", action="store_true", help="only say which pages are stale")
+    args = parser.parse_args(argv)
+    stale = stale_pages(write=not args.check)
+    for page in stale:
+        verb = "is not up to date" if args.check else "rewritten"
+        print(f"{page.relative_to(ROOT)}: {verb}")
+    if args.check and stale:
+        sys.exit("run `make docs` (python -m tools.docs) and commit the pages")
+
+
+if __name__ == "__main__":
+    main()
