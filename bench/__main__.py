@@ -1,5 +1,30 @@
-"""``python -m bench``: see bench/run.py."""
+"""``python -m bench [NAME ...]``: every registered benchmark, or the ones named.
 
-from bench.run import main
+Each module ``bench/<name>.py`` has a ``main()`` that writes its record ``bench/<name>.json``
+(``bench.run``: ``bench/results.json``) and is run here with no arguments; run one module with
+its own options as ``python -m bench.<name> --help`` says. A new benchmark is one line below.
+"""
 
-main()
+from __future__ import annotations
+
+import argparse
+import importlib
+
+SECTIONS = [
+    "run",  # speed: import, extract, dvc repro, the head-only iteration, memory
+]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"some of {SECTIONS} (default: all)")
+    names = parser.parse_args(argv).names or SECTIONS
+    if unknown := sorted(set(names) - set(SECTIONS)):
+        parser.error(f"no such benchmark: {unknown} (registered: {SECTIONS})")
+    for name in names:
+        print(f"== bench.{name}", flush=True)
+        importlib.import_module(f"bench.{name}").main([])
+
+
+if __name__ == "__main__":
+    main()

@@ -4,10 +4,9 @@ a seed-like configuration, and the baselines (on the original images and on the 
     python -m bench.accuracy [--data digits|mnist] [--seeds 42 7 123] [--head-seeds 42 1]
                              [--configs ...] [--keep DIR]
 
-Copies this project's working-tree files (tracked and untracked-but-not-ignored) into a
-temporary git+DVC repository and, one run at a time, runs
-``dvc exp run -S split.seed=S -S train.seed=H ...`` for every configuration, split seed and
-head seed, with ImageNet weights. Each run's ``metrics/metrics.json`` and
+In one scratch copy of the project (``bench/experiments.py``: params.yaml put back before every
+run) runs ``dvc exp run evaluate -S split.seed=S -S train.seed=H ...`` for every configuration,
+split seed and head seed, with ImageNet weights. Each run's ``metrics/metrics.json`` and
 ``metrics/baselines_{pixels,features}.json`` are collected into ``bench/accuracy.json``
 (``bench/accuracy_mnist.json`` with ``--data mnist``): every run's val and test
 accuracy (with its 95 % Wilson interval), val log-loss, test errors, the paired McNemar tests of
@@ -21,20 +20,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from bench.experiments import DATA, IMAGENET, ROOT, exp_run, metrics, scratch, write_record
 from stages.common import paths
-from tools.scratch import command_env, scratch_repo
 
-ROOT = Path(__file__).resolve().parents[1]
 # Overrides on top of params.yaml. seed_like: the seed project's setup (last block, two dense
 # layers with dropout, fixed epochs, no early stopping) on this pipeline's 64 px, 4 copies.
 CONFIGS: dict[str, list[str]] = {
@@ -60,47 +52,29 @@ CONFIGS: dict[str, list[str]] = {
     ],
 }
 BASELINES = ("logreg_pixels", "svm_rbf_pixels", "logreg_features")
-# Which data every run uses. digits: scikit-learn's 1,797 embedded digits, all of them (the
-# README's accuracy tables); mnist: params.yaml's default (200 MNIST digits per class).
-DATA: dict[str, list[str]] = {
-    "digits": ["data.source=digits", "data.max_per_class=null"],
-    "mnist": ["data.source=mnist"],
-}
-
-
-def command(seed: int, head_seed: int, overrides: list[str]) -> list[str]:
-    sets = [f"split.seed={seed}", f"train.seed={head_seed}", "extract.weights=imagenet", *overrides]
-    # Up to evaluate (which needs the baselines): export adds nothing to the scores.
-    return ["dvc", "exp", "run", "evaluate", *[arg for s in sets for arg in ("-S", s)]]
 
 
 def run_one(repo: Path, seed: int, head_seed: int, overrides: list[str]) -> dict:
-    """One ``dvc exp run``; its accuracies, baselines, paired tests and wall time."""
-    cmd = command(seed, head_seed, overrides)
-    start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=repo, env=command_env(), capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        sys.exit(f"`{' '.join(cmd)}` failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    metrics = json.loads((repo / paths.METRICS).read_text())
-    baselines = {
-        **json.loads((repo / paths.BASELINES_PIXELS).read_text()),
-        **json.loads((repo / paths.BASELINES_FEATURES).read_text()),
-    }
-    test = metrics["test"]
+    """One ``dvc exp run`` up to evaluate (export adds nothing to the scores); its accuracies,
+    baselines, paired tests and wall time."""
+    sets = [f"split.seed={seed}", f"train.seed={head_seed}", IMAGENET, *overrides]
+    done = exp_run(repo, sets)
+    scores = metrics(repo)
+    baselines = metrics(repo, paths.BASELINES_PIXELS) | metrics(repo, paths.BASELINES_FEATURES)
+    test = scores["test"]
     return {
         "seed": seed,
         "head_seed": head_seed,
-        "command": " ".join(cmd),
-        "seconds": round(seconds, 1),
-        "val_accuracy": metrics["val"]["accuracy"],
-        "val_log_loss": metrics["val"]["log_loss"],
+        "command": done["command"],
+        "seconds": done["seconds"],
+        "val_accuracy": scores["val"]["accuracy"],
+        "val_log_loss": scores["val"]["log_loss"],
         "test_accuracy": test["accuracy"],
         "test_interval": [test["accuracy_low"], test["accuracy_high"]],
         "test_errors": test["n"] - test["right"],
         "test_ece": test.get("ece"),
         "baselines": {name: baselines[name] for name in BASELINES},
-        "paired": metrics.get("paired", {}),
+        "paired": scores.get("paired", {}),
     }
 
 
@@ -152,20 +126,18 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep it")
     args = parser.parse_args()
-    work = args.keep or Path(tempfile.mkdtemp(prefix="bench-accuracy-"))
-    work.mkdir(parents=True, exist_ok=True)
-    repo = scratch_repo(work / "repo", root=ROOT, name="bench")
     runs: dict[str, list[dict]] = {}
-    for config in args.configs:
-        for seed, head_seed in itertools.product(args.seeds, args.head_seeds):
-            run = run_one(repo, seed, head_seed, [*DATA[args.data], *CONFIGS[config]])
-            runs.setdefault(config, []).append(run)
-            print(
-                f"{config} seed {seed} head seed {head_seed}: test {run['test_accuracy']:.4f} "
-                f"({run['test_errors']} wrong), val {run['val_accuracy']:.4f}, "
-                f"{run['seconds']:.0f}s",
-                flush=True,
-            )
+    with scratch("accuracy", args.keep) as repo:
+        for config in args.configs:
+            for seed, head_seed in itertools.product(args.seeds, args.head_seeds):
+                run = run_one(repo, seed, head_seed, [*DATA[args.data], *CONFIGS[config]])
+                runs.setdefault(config, []).append(run)
+                print(
+                    f"{config} seed {seed} head seed {head_seed}: test "
+                    f"{run['test_accuracy']:.4f} ({run['test_errors']} wrong), val "
+                    f"{run['val_accuracy']:.4f}, {run['seconds']:.0f}s",
+                    flush=True,
+                )
     rows: dict[str, dict] = {}
     # Baselines do not depend on the head seed: one value per split seed.
     for config in ("defaults", "baselines_augmented"):
@@ -198,11 +170,9 @@ def main() -> None:
         / "bench"
         / ("accuracy.json" if args.data == "digits" else f"accuracy_{args.data}.json")
     )
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_record(out, result)
     print(table(rows))
     print(f"wrote {out}")
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 
 Generates (once, cached in ``--set``) the seeded benchmark set of ``bench/photo_data.py``:
 ``--per-class`` real MNIST digits per class as 12-MP phone photos and as clean 28 px scans.
-Then, in a scratch git+DVC copy of this project (``tools/scratch.py``), runs the real pipeline
+Then, in a scratch git+DVC copy of this project (``bench/experiments.py``: params.yaml put back
+before every run), runs the real pipeline
 (``dvc exp run``, ImageNet weights) on:
 
 * ``scans`` and ``photos`` (``data.source: folder``), each with the defaults and with the old
@@ -23,22 +24,17 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import re
-import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from bench.experiments import IMAGENET, ROOT, exp_run, metrics, scratch, write_record
 from bench.photo_data import photo_files, write_set
 from stages.common import paths
-from tools.scratch import copy_project, git_commit
 
-ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "photos.json"
 SET_ROOT = Path(tempfile.gettempdir())  # the set goes to photo-bench-<per-class> there
 OLD = ["data.fit=stretch", "data.crop=none", "data.normalise=none"]
@@ -46,35 +42,20 @@ PREPS = {"defaults": [], "old behaviour": OLD}
 
 
 def dvc_exp_run(repo: Path, sets: list[str]) -> dict:
-    """One ``dvc exp run -S ...`` in ``repo``; evaluate's metrics and the wall time.
-
-    params.yaml is restored first: ``dvc exp run`` leaves the last run's params in the
-    workspace, and the ``-S`` values are applied on top of it.
-    """
-    subprocess.run(["git", "checkout", "--", "params.yaml"], cwd=repo, check=True)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [
-        "dvc",
-        "exp",
-        "run",
-        *[arg for s in ["extract.weights=imagenet", *sets] for arg in ("-S", s)],
-    ]
-    start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        sys.exit(f"`{' '.join(cmd)}` failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    metrics = json.loads((repo / paths.METRICS).read_text(encoding="utf-8"))
-    split = re.search(r"split: wrote .* in ([\d.]+)s", result.stdout + result.stderr)
+    """One full ``dvc exp run -S ...`` (export included: the held-out score loads the shipped
+    model); evaluate's figures, the preparation used and the wall time."""
+    done = exp_run(repo, [IMAGENET, *sets], target=None)
+    scores = metrics(repo)
+    split = re.search(r"split: wrote .* in ([\d.]+)s", done["output"])
     return {
-        "command": " ".join(cmd),
-        "seconds": round(seconds, 1),
+        "command": done["command"],
+        "seconds": done["seconds"],
         # split's own time (decoding and preparing every image), as the stage prints it
         "split_seconds": float(split.group(1)) if split else None,
-        "val_accuracy": metrics["val"]["accuracy"],
-        "test_accuracy": metrics["test"]["accuracy"],
-        "test_images": metrics["images"]["test"],
-        "prep": metrics["prep"],
+        "val_accuracy": scores["val"]["accuracy"],
+        "test_accuracy": scores["test"]["accuracy"],
+        "test_images": scores["images"]["test"],
+        "prep": json.loads((repo / paths.PREP).read_text(encoding="utf-8")),
     }
 
 
@@ -123,6 +104,30 @@ def table(runs: dict) -> str:
     return "\n".join(lines)
 
 
+def run_all(repo: Path, args: argparse.Namespace) -> tuple[dict, dict]:
+    """Every run the arguments ask for, in ``repo``; the runs and the held-out scores."""
+    runs: dict[tuple[str, str], dict] = {}
+    datasets = {
+        "scans": ["data.source=folder", f"data.folder={args.set / 'scans'}"],
+        "photos": ["data.source=folder", f"data.folder={args.set / 'photos'}"],
+        "embedded digits": ["data.source=digits"],
+    }
+    for data, sets in datasets.items():
+        if data in args.skip:
+            continue
+        for prep, overrides in PREPS.items():
+            runs[data, prep] = dvc_exp_run(repo, sets + overrides)
+            print(f"{data}, {prep}: test {runs[data, prep]['test_accuracy']:.4f}", flush=True)
+    heldout: dict = {}
+    if "mnist" not in args.skip:
+        mnist_run = dvc_exp_run(
+            repo, ["data.source=mnist", f"data.max_per_class={args.mnist_per_class}"]
+        )
+        runs["mnist", "defaults"] = mnist_run
+        heldout = {"max_per_class": args.mnist_per_class, **heldout_mnist(repo, args.set)}
+    return runs, heldout
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -146,36 +151,13 @@ def main() -> None:
         sys.exit(
             f"{args.set} holds {sorted(counts)} photos per class, not {args.per_class}: use a new --set"
         )
-    work = args.keep or Path(tempfile.mkdtemp(prefix="bench-photos-"))
-    work.mkdir(parents=True, exist_ok=True)
-    repo = work / "repo"
-    repo.mkdir()
-    copy_project(repo, ROOT)
-    git_commit(repo, "b", init=True, name="bench")
-    runs: dict[tuple[str, str], dict] = {}
-    datasets = {
-        "scans": ["data.source=folder", f"data.folder={args.set / 'scans'}"],
-        "photos": ["data.source=folder", f"data.folder={args.set / 'photos'}"],
-        "embedded digits": ["data.source=digits"],
-    }
-    for data, sets in datasets.items():
-        if data in args.skip:
-            continue
-        for prep, overrides in PREPS.items():
-            runs[data, prep] = dvc_exp_run(repo, sets + overrides)
-            print(f"{data}, {prep}: test {runs[data, prep]['test_accuracy']:.4f}", flush=True)
-    heldout: dict = {}
-    if "mnist" not in args.skip:
-        mnist_run = dvc_exp_run(
-            repo, ["data.source=mnist", f"data.max_per_class={args.mnist_per_class}"]
-        )
-        runs["mnist", "defaults"] = mnist_run
-        heldout = {"max_per_class": args.mnist_per_class, **heldout_mnist(repo, args.set)}
+    with scratch("photos", args.keep) as repo:
+        runs, heldout = run_all(repo, args)
     print(table(runs))
     if heldout:
         print(
             f"data.source mnist, max_per_class {args.mnist_per_class}: full dvc exp run "
-            f"{mnist_run['seconds']:.0f} s; held-out MNIST digits: scans "
+            f"{runs['mnist', 'defaults']['seconds']:.0f} s; held-out MNIST digits: scans "
             f"{heldout['scans']['accuracy']:.2%} of {heldout['scans']['images']}, photos "
             f"{heldout['photos']['accuracy']:.2%} of {heldout['photos']['images']}"
         )
@@ -184,10 +166,8 @@ def main() -> None:
         "runs": [{"data": d, "preparation": p, **r} for (d, p), r in runs.items()],
         "mnist_heldout": heldout,
     }
-    OUT.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_record(OUT, result)
     print(f"wrote {OUT}")
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The benchmark: ``python -m bench`` writes bench/results.json and bench/results.md.
+"""The speed benchmark: ``python -m bench.run`` writes bench/results.json (docs/performance.md).
 
 What it measures, each in fresh processes (see bench/probes.py), on this machine:
 
@@ -18,10 +18,10 @@ What it measures, each in fresh processes (see bench/probes.py), on this machine
 * peak resident memory of the extract stage for 2,000 and 20,000 images.
 
 Each section returns a ``Section``: its results, nested under its name in results.json, and
-its own rows of the results.md table. Stage times are what each stage records itself when it
+its own rows of the table (results.json ``table``, shown by docs/performance.md). Stage times are what each stage records itself when it
 finishes (``run_stage`` -> ``stages.common.paths.STAGE_TIMES``: its main(), TensorFlow's import
 included where main() does it), not parsed from log text. ``--only`` runs some sections (for
-development; a full run is what results.md reports).
+development; a full run is what docs/performance.md reports).
 """
 
 from __future__ import annotations
@@ -45,17 +45,17 @@ from typing import Any
 import numpy as np
 import yaml
 
+from bench.experiments import write_record
 from bench.probes import RESULT_PREFIX
 from stages.common import paths
-from tools.scratch import command_env, git_commit, scratch_repo, write_params
+from tools.scratch import command_env, git_commit, scratch_repo, stages_run, write_params
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_JSON = ROOT / "bench" / "results.json"
-RESULTS_MD = ROOT / "bench" / "results.md"
 FULL_PARAMS = {"extract.weights": "imagenet"}  # the default a user runs; random is for tests
 HEAD_ONLY_CHANGE = {"train.seed": 43}  # a train.* change: train and evaluate run again
 ITERATION_SEEDS = (44, 46, 47)  # one `dvc exp run evaluate -S train.seed=S` each
-Row = tuple[str, str, str]  # figure, value, notes: one line of results.md's table
+Row = tuple[str, str, str]  # figure, value, notes: one line of the table
 
 
 @dataclass
@@ -163,11 +163,6 @@ def machine() -> dict[str, Any]:
 # --- dvc repro with the stages' own timing records --------------------------------------------
 
 
-def stages_run(output: str) -> list[str]:
-    """The stages DVC says it ran, in order (its own "Running stage 'x'" lines)."""
-    return re.findall(r"Running stage '(\w+)'", output)
-
-
 def repro(repo: Path, cmd: Sequence[str] = ("dvc", "repro")) -> tuple[Done, dict[str, float]]:
     """``cmd`` (``dvc repro`` by default) in ``repo``; and each stage's main() seconds, from the
     records it wrote.
@@ -235,7 +230,7 @@ def extract_size(size: int, batch_size: int) -> dict[str, Any]:
     )
     by_batch = {int(k): v for k, v in r["batch_sweep"].items()}
     # One limit for all three: the best matmul rate either process measured (one stream per core
-    # and TensorFlow's default pools reach different rates on some CPUs; README "Definitions").
+    # and TensorFlow's default pools reach different rates on some CPUs; docs/performance.md).
     sgemm = max(r["sgemm_gflops"], one["sgemm_gflops"])
     flops, limit = r["flops_per_image"], sgemm * 1e9
     return {
@@ -602,20 +597,9 @@ def derived(results: dict[str, Any]) -> Section:
     return Section(result, [("iteration_speedup", fmt(speedup), "target ≥ 100")])
 
 
-def markdown(machine: dict[str, Any], rows: list[Row], extra: dict[str, Any]) -> str:
-    m = machine
-    lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, "
-        f"{m['gpus']} GPU; TensorFlow {m['tensorflow']}, Keras {m['keras']}, "
-        f"Python {m['python']}; {m['date']}; load average {m['load_average_start']} at start, "
-        f"{extra.get('load_average_end')} at end; {extra.get('bench_s', 0):.0f} s in all.",
-        "",
-        "| figure | value | notes |",
-        "| --- | --- | --- |",
-        *(f"| {a} | {b} | {c} |" for a, b, c in rows),
-        "",
-    ]
-    return "\n".join(lines)
+def markdown(rows: list[Row]) -> str:
+    lines = ["| figure | value | notes |", "| --- | --- | --- |"]
+    return "\n".join([*lines, *(f"| {a} | {b} | {c} |" for a, b, c in rows)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -645,8 +629,7 @@ def main(argv: list[str] | None = None) -> None:
         rows += section.rows
     results["load_average_end"] = round(os.getloadavg()[0], 2)
     results["bench_s"] = time.perf_counter() - start
-    text = markdown(results["machine"], rows, results)
-    RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    RESULTS_MD.write_text(text, encoding="utf-8")
-    print(text)
-    print(f"wrote {RESULTS_JSON.relative_to(ROOT)} and {RESULTS_MD.relative_to(ROOT)}")
+    results["table"] = [list(row) for row in rows]
+    write_record(RESULTS_JSON, results)
+    print(markdown(rows))
+    print(f"wrote {RESULTS_JSON.relative_to(ROOT)}; `make docs` shows it in docs/performance.md")

@@ -3,7 +3,7 @@
     python -m bench.selection [--keys train.dropout ...] [--seeds 42 7 123] [--head-seeds 42 1]
         [--data mnist digits]
 
-The rule (README "Model selection"): the fewest **val errors** summed over split seeds x head
+The rule (docs/model-selection.md): the fewest **val errors** summed over split seeds x head
 seeds (and over data sets, with more than one ``--data``), and among equals the lowest mean
 **val log-loss** (plain, unsmoothed cross-entropy of the val images, ``metrics.json``
 ``val.log_loss``). Errors first because the log-loss of settings
@@ -12,7 +12,8 @@ read: the record holds val figures only, so that nothing here can be tuned on th
 
 One key at a time, from the current params.yaml (coordinate-wise): for each key in
 ``CANDIDATES`` every value is run with ``dvc exp run evaluate -S key=value -S split.seed=S
--S train.seed=H`` in a scratch copy of the project (ImageNet weights); stages whose deps and
+-S train.seed=H`` in a scratch copy of the project (``bench/experiments.py``: params.yaml put
+back before every run; ImageNet weights); stages whose deps and
 params did not change come from DVC's run cache. Writes ``bench/selection.json``: per key, the
 mean and per-run val log-loss and val accuracy of every value, the value chosen, and whether it
 is params.yaml's value.
@@ -23,21 +24,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from bench.accuracy import DATA
+from bench.experiments import DATA, IMAGENET, ROOT, exp_run, metrics, scratch, write_record
 from stages.common import paths
-from tools.scratch import command_env, scratch_repo
 
-ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "selection.json"
 # The values tried for each default. Keys that change extract or augment cost a feature
 # extraction per split seed (about a minute each on 2 cores); head keys about 20 s a run.
@@ -82,13 +77,9 @@ def as_cli(value: Any) -> str:
 
 
 def val_scores(repo: Path, sets: list[str]) -> dict[str, float]:
-    reset_params(repo)
-    # Up to evaluate only: the baselines and the export do not enter the val figures.
-    cmd = ["dvc", "exp", "run", "evaluate", *[arg for s in sets for arg in ("-S", s)]]
-    result = subprocess.run(cmd, cwd=repo, env=command_env(), capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"`{' '.join(cmd)}` failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    val = json.loads((repo / paths.METRICS).read_text())["val"]
+    """One run up to evaluate (the baselines and the export do not enter the val figures)."""
+    exp_run(repo, sets)
+    val = metrics(repo)["val"]
     return {
         "val_errors": val["n"] - val["right"],
         "val_log_loss": val["log_loss"],
@@ -98,22 +89,11 @@ def val_scores(repo: Path, sets: list[str]) -> dict[str, float]:
 
 def exp_sets(key: str, value: Any, seed: int, head_seed: int, data: str = "mnist") -> list[str]:
     """The ``-S`` settings of one run: ``key`` at ``value``, the split and head seeds, ImageNet
-    weights, the data set's settings (``bench.accuracy.DATA``); every other param is
-    params.yaml's (``reset_params`` before each run)."""
+    weights, the data set's settings (``DATA``); every other param is params.yaml's
+    (``exp_run`` puts it back before each run)."""
     settings = dict(assignments(key, value))
-    settings |= {"split.seed": seed, "train.seed": head_seed, "extract.weights": "imagenet"}
-    return [f"{k}={as_cli(v)}" for k, v in settings.items()] + DATA[data]
-
-
-def reset_params(repo: Path) -> None:
-    """Put the project's params.yaml back in ``repo`` before a run.
-
-    ``dvc exp run -S`` leaves the run's values in the workspace's params.yaml: without this the
-    next run would keep the previous key's last candidate. Setting every key explicitly instead
-    is no way out: DVC rewrites a list it sets in block style, and setting ``[]`` on that block
-    list then wrote a params.yaml it could not read (DVC 3, ruamel.yaml).
-    """
-    shutil.copyfile(ROOT / paths.PARAMS_FILE, repo / paths.PARAMS_FILE)
+    settings |= {"split.seed": seed, "train.seed": head_seed}
+    return [f"{k}={as_cli(v)}" for k, v in settings.items()] + [IMAGENET, *DATA[data]]
 
 
 def select(repo: Path, key: str, seeds: list[int], head_seeds: list[int], data: list[str]) -> dict:
@@ -151,22 +131,20 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", default=["mnist"], choices=list(DATA))
     parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep it")
     args = parser.parse_args()
-    work = args.keep or Path(tempfile.mkdtemp(prefix="bench-selection-"))
-    work.mkdir(parents=True, exist_ok=True)
-    repo = scratch_repo(work / "repo", root=ROOT, name="bench")
     record = json.loads(OUT.read_text()) if OUT.exists() else {}
-    for key in args.keys:
-        record[key] = {
-            "data": args.data,
-            "seeds": args.seeds,
-            "head_seeds": args.head_seeds,
-            **select(repo, key, args.seeds, args.head_seeds, args.data),
-        }
-        OUT.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        print(f"{key}: chosen {record[key]['chosen']} (params.yaml {record[key]['params_yaml']})")
+    with scratch("selection", args.keep) as repo:
+        for key in args.keys:
+            record[key] = {
+                "data": args.data,
+                "seeds": args.seeds,
+                "head_seeds": args.head_seeds,
+                **select(repo, key, args.seeds, args.head_seeds, args.data),
+            }
+            write_record(OUT, record)
+            print(
+                f"{key}: chosen {record[key]['chosen']} (params.yaml {record[key]['params_yaml']})"
+            )
     print(f"wrote {OUT}")
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import ast
 import hashlib
 import json
 import os
-import re
 import signal
 import subprocess
 import time
@@ -30,6 +29,7 @@ from conftest import (
 
 from stages.common import paths
 from stages.common.io import atomic_path, load_npy, save_model, save_npy, scratch_path, write_json
+from tools.scratch import stages_run
 
 TEMP_PREFIXES = (".tmp-", ".scratch-")
 
@@ -41,10 +41,6 @@ def leftovers(repo: Path) -> list[str]:
         for p in repo.rglob("*")
         if p.name.startswith(TEMP_PREFIXES) and p.relative_to(repo).parts[0] not in (".dvc", ".git")
     )
-
-
-def stages_run(output: str) -> list[str]:
-    return re.findall(r"Running stage '([\w-]+)'", output)
 
 
 def assert_up_to_date(repo: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from conftest import TINY_PARAMS, git_commit, run, scratch_repo, write_params
 from PIL import Image
 
 from stages.common import paths
+from tools.scratch import stages_run
 
 pytestmark = pytest.mark.slow
 STAGES = {
@@ -33,14 +33,9 @@ STAGES = {
 }
 
 
-def stages_run(output: str) -> set[str]:
-    """The stages that DVC says it ran ("Running stage 'x'"), from its own output."""
-    return set(re.findall(r"Running stage '([\w-]+)'", output))
-
-
 def repro(repo: Path) -> set[str]:
     result = run(["dvc", "repro"], repo)
-    return stages_run(result.stdout + result.stderr)
+    return set(stages_run(result.stdout + result.stderr))
 
 
 def assert_up_to_date(repo: Path) -> None:

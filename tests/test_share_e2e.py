@@ -30,6 +30,8 @@ from conftest import (
     write_params,
 )
 
+from tools.scratch import stages_run
+
 pytestmark = pytest.mark.slow
 PIPELINE = {
     "split",
@@ -56,11 +58,6 @@ class World:
     env_a: dict[str, str]
     weights: Path  # on machine A only: B has no route to any weights
     endpoint: str
-
-
-def stages_run(output: str) -> set[str]:
-    """The stages that DVC says it ran ("Running stage 'x'"), from its own output."""
-    return set(re.findall(r"Running stage '([\w-]+)'", output))
 
 
 def machine_env(home: Path) -> dict[str, str]:
@@ -148,7 +145,7 @@ def track_and_build(world: World) -> None:
         git_commit(a, "images under DVC")
     if "Data and pipelines are up to date" not in run(["dvc", "status"], a, env=env).stdout:
         result = run(["dvc", "repro"], a, env=env)
-        assert stages_run(result.stdout + result.stderr) == PIPELINE
+        assert set(stages_run(result.stdout + result.stderr)) == PIPELINE
         git_commit(a, "first run")
 
 
@@ -217,7 +214,7 @@ def test_queued_sweep_sees_the_images_once_dvc_tracks_them_and_trains_heads_only
     tasks = run_queue(a, env)
     assert sorted(tasks.values()) == ["Success"] * 4, tasks
     for name in tasks:
-        assert stages_run(queue_log(a, env, name)) == {"train", "evaluate"}, name
+        assert set(stages_run(queue_log(a, env, name))) == {"train", "evaluate"}, name
 
     found = experiments(a, env)
     grid = sorted(
@@ -270,11 +267,11 @@ def test_two_machines_share_features_through_an_s3_remote(world):
     assert "Data and pipelines are up to date" in status.stdout, status.stdout
 
     result = run(["dvc", "exp", "run", "evaluate", "-S", "train.dropout=0.4"], b, env=env_b)
-    assert stages_run(result.stdout + result.stderr) == {"train", "evaluate"}
+    assert set(stages_run(result.stdout + result.stderr)) == {"train", "evaluate"}
     assert not list((world.root / "home-b").rglob("*.weights.h5")), "no weights fetched on B"
 
     # Back to the committed params: B's retrained head is A's, byte for byte.
     run(["git", "checkout", "--", "params.yaml"], b)
     result = run(["dvc", "repro", "evaluate"], b, env=env_b)
-    assert stages_run(result.stdout + result.stderr) == {"train", "evaluate"}
+    assert set(stages_run(result.stdout + result.stderr)) == {"train", "evaluate"}
     assert git_status(b) == "", "dvc.lock, metrics and plots as A committed them"

@@ -10,6 +10,7 @@ overrides; ``write_params`` changes its params later; ``command_env`` is the env
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,14 @@ def command_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env["DVC_NO_ANALYTICS"] = "1"
     env.update(extra or {})
     return env
+
+
+STAGE_RUN = re.compile(r"Running stage '([\w-]+)'")  # what DVC prints for a stage it runs
+
+
+def stages_run(output: str) -> list[str]:
+    """The stages DVC says it ran, in order, from its own output."""
+    return STAGE_RUN.findall(output)
 
 
 def write_params(repo: str | Path, overrides: Mapping[str, Any]) -> dict[str, Any]:
