@@ -74,11 +74,11 @@ def metrics(repo: Path, path: Path = paths.METRICS) -> dict[str, Any]:
     return json.loads((repo / path).read_text(encoding="utf-8"))
 
 
-def record_text(value: Any, indent: int = 0, width: int = 100) -> str:
-    """JSON with every object or list that fits in ``width`` characters on one line (one run a
-    line), the rest indented: records that read and diff line by line."""
+def record_text(value: Any, indent: int = 0, width: int = 160) -> str:
+    """JSON with every object or list of up to ``width`` characters on one line (one run a line),
+    the rest indented: records that read and diff line by line."""
     flat = json.dumps(value, ensure_ascii=False)
-    if len(flat) + indent <= width or not isinstance(value, dict | list) or not value:
+    if len(flat) <= width or not isinstance(value, dict | list) or not value:
         return flat
     pad = " " * (indent + 2)
     if isinstance(value, dict):

@@ -117,7 +117,7 @@ def cpu_streams(tf) -> int:
     (the cores wait on each other at every op), so on a CPU with more than one core each core
     instead runs its own share of the batch, single-threaded: TensorFlow's intra-op pool is set
     to 1 thread and its inter-op pool to one per core. Every image is computed exactly as in one
-    stream (tests/test_extract.py); only the speed changes (README "Speed"). 1 on a GPU, on one
+    stream (tests/test_extract.py); only the speed changes (docs/performance.md). 1 on a GPU, on one
     core, or once TensorFlow has started (its thread pools are fixed then).
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

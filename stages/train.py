@@ -18,8 +18,8 @@ val images: cross-entropy with this run's label smoothing; or ``val_log_loss``, 
 unsmoothed cross-entropy, a Keras metric beside it; or ``val_accuracy``). With
 ``train.patience`` > 0, training stops once it has not improved by more than
 ``train.min_delta`` for that many epochs, and the head keeps the weights of its best epoch.
-(The defaults themselves are chosen across runs by the fewest val errors: README "Model
-selection".)
+(The defaults themselves are chosen across runs by the fewest val errors:
+docs/model-selection.md.)
 
 Outputs: ``models/head.keras``; ``plots/train_log.csv`` (per epoch, from
 ``keras.callbacks.CSVLogger``: ``loss``/``val_loss`` the training objective, smoothed

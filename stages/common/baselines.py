@@ -1,7 +1,7 @@
 """What both baselines stages share: selection on val and the logistic regression.
 
 Each baseline's hyper-parameters are chosen on val only, by the rule the head's defaults were
-chosen by (README "Model selection"): the fewest val errors, then the lowest val log-loss (a small
+chosen by (docs/model-selection.md): the fewest val errors, then the lowest val log-loss (a small
 grid; full ties go to the first, most regularised, setting). It
 is fitted on the training images, with augment's copies too when ``baselines.train_on:
 augmented`` (the head's own training set, so that head and baselines compare on equal terms),
