@@ -5,15 +5,18 @@ output on the cached features), so it needs scikit-learn, SciPy and matplotlib b
 TensorFlow: a head-only iteration starts TensorFlow once, in train. Test labels are read here
 and only here. Outputs:
 
-* ``metrics/metrics.json``: per split, accuracy with its 95 % Wilson interval (``accuracy_low``,
+* ``metrics/metrics.json``, numbers only (what ``dvc metrics diff`` and ``dvc exp show``
+  compare): per split, accuracy with its 95 % Wilson interval (``accuracy_low``,
   ``accuracy_high``, ``right`` of ``n``) and the plain log-loss (``log_loss``: unsmoothed
   cross-entropy, not the training objective); on test also macro precision/recall/F1, the
-  expected calibration error (``ece``, 10 equal-width confidence bins) and the classes with
-  fewer than ``SMALL_SUPPORT`` test images; ``paired``: McNemar's test of the head against each
-  baseline on the same test images (discordant counts, exact and mid-p values); image counts;
-  which weights and layer made the features (``dvc metrics diff``);
-* ``metrics/per_class.json``: per-class precision, recall (with its Wilson interval), F1,
-  support, and ``small_support`` when the class has fewer than ``SMALL_SUPPORT`` test images;
+  expected calibration error (``ece``, 10 equal-width confidence bins) and how many classes
+  have fewer than ``SMALL_SUPPORT`` test images; ``paired``: McNemar's test of the head against
+  each baseline on the same test images (discordant counts, exact and mid-p values); image
+  counts. Which weights, layer and preparation made the run stay in ``data/features/info.json``
+  and ``data/split/prep.json``;
+* ``plots/per_class.csv``: per-class precision, recall (with its Wilson interval), F1,
+  support, and ``small_support`` when the class has fewer than ``SMALL_SUPPORT`` test images
+  (a table and a plot, not metrics: one column per class would swamp ``dvc exp show``);
 * ``plots/predictions.csv``: one row per test image (actual, predicted, confidence), drawn by
   DVC's ``confusion`` templates;
 * ``plots/confusion.png``, ``plots/prediction_grid.png`` (the seed's picture: captions yellow
@@ -24,14 +27,13 @@ and only here. Outputs:
 from __future__ import annotations
 
 import csv
-import io
 import time
 
 import numpy as np
 
 from stages.common import paths
 from stages.common.errors import PipelineError, run_stage
-from stages.common.io import load_npy, read_json, write_json, write_text
+from stages.common.io import load_npy, read_json, write_csv, write_json
 from stages.common.params import load_params
 from stages.common.plots import draw_confusion, draw_gallery, draw_reliability
 from stages.common.stats import accuracy_with_interval, calibration, mcnemar, wilson_interval
@@ -143,7 +145,7 @@ def test_report(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> tu
 def score(
     predictions: Predictions, classes: list[str], split_report: dict, info: dict
 ) -> tuple[dict, dict]:
-    """metrics.json (scores per split, image counts, which features) and per_class.json."""
+    """metrics.json (scores per split, paired tests, image counts) and the per-class report."""
     metrics: dict = {s: split_scores(*predictions[s], len(classes)) for s in SPLITS}
     probs, labels = predictions["test"]
     macro, per_class = test_report(probs, labels, classes)
@@ -151,9 +153,7 @@ def score(
     metrics["test"].update(
         macro, ece=reliability["ece"], calibration_max_gap=reliability["max_gap"]
     )
-    metrics["test"]["small_support_classes"] = [
-        c for c, r in per_class.items() if r["small_support"]
-    ]
+    metrics["test"]["small_support_classes"] = sum(r["small_support"] for r in per_class.values())
     metrics["paired"] = paired_tests(probs.argmax(1), labels)
     n_train = split_report["images"]["train"]
     metrics["images"] = {
@@ -162,26 +162,34 @@ def score(
         "skipped": sum(split_report["skipped"].values()),
         "noted": sum(split_report["notes"].values()),
     }
-    metrics["features"] = {
-        "weights": info["weights"]["spec"],
-        "weights_source": info["weights"]["source"],
-        "weights_sha256": info["weights"]["sha256"],
-        "layer": info["layer"],
-        "pooling": info["pooling"],
-        "image_size": info["image_size"],
-    }
     return metrics, per_class
+
+
+PER_CLASS_COLUMNS = (
+    "precision",
+    "recall",
+    "recall_low",
+    "recall_high",
+    "f1_score",
+    "support",
+    "small_support",
+)
+
+
+def write_per_class(per_class: dict[str, dict]) -> None:
+    """plots/per_class.csv: one row per class, drawn by DVC as recall per class."""
+    rows = [[name, *(scores[k] for k in PER_CLASS_COLUMNS)] for name, scores in per_class.items()]
+    write_csv(paths.PER_CLASS, [["class", *PER_CLASS_COLUMNS], *rows])
 
 
 def write_predictions(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> None:
     """plots/predictions.csv: one row per test image, for DVC's confusion templates and predict."""
     sources = [row["source"] for row in _manifest() if row["split"] == "test"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["row", "source", "actual", "predicted", "confidence"])
-    for i, (p, y) in enumerate(zip(probs, labels, strict=True)):
-        writer.writerow([i, sources[i], classes[y], classes[p.argmax()], f"{p.max():.4f}"])
-    write_text(paths.PREDICTIONS, buffer.getvalue())
+    rows = [
+        [i, sources[i], classes[y], classes[p.argmax()], f"{p.max():.4f}"]
+        for i, (p, y) in enumerate(zip(probs, labels, strict=True))
+    ]
+    write_csv(paths.PREDICTIONS, [["row", "source", "actual", "predicted", "confidence"], *rows])
 
 
 def _manifest() -> list[dict[str, str]]:
@@ -236,10 +244,8 @@ def main() -> None:
     split_report = read_json(paths.SPLIT_REPORT)
     predictions = load_splits()
     metrics, per_class = score(predictions, classes, split_report, read_json(paths.FEATURES_INFO))
-    # How every image was prepared (crop, normalisation, fit): predict applies the same.
-    metrics["prep"] = read_json(paths.PREP)
     write_json(paths.METRICS, metrics)
-    write_json(paths.PER_CLASS, per_class)
+    write_per_class(per_class)
     write_predictions(*predictions["test"], classes)
     draw_test_figures(*predictions["test"], classes, evaluate)
     print(

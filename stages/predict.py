@@ -10,8 +10,6 @@ one error line and a non-zero exit status; the other files are still classified.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import sys
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import numpy as np
 from stages.common import paths
 from stages.common.errors import end_command
 from stages.common.images import IMAGE_EXTENSIONS, ImageError, decode_image, is_stray
-from stages.common.io import write_text
+from stages.common.io import write_csv
 
 
 def find_images(paths: list[str]) -> list[Path]:
@@ -91,15 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         header = ["path"] + [
             f"{c}_{k}" for k in range(1, top + 1) for c in ("class", "probability")
         ]
-        write_text(args.out, _csv([header, *rows]))
+        write_csv(args.out, [header, *rows])
     print(f"predict: {len(good)} image(s) classified, {errors} unreadable", file=sys.stderr)
     return 1 if errors else 0
-
-
-def _csv(rows: list[list]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue()
 
 
 if __name__ == "__main__":

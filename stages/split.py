@@ -15,8 +15,6 @@ Outputs (``data/split/``): ``{train,val,test}_images.npy``, ``{train,val,test}_l
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import multiprocessing
 import os
@@ -41,7 +39,7 @@ from stages.common.images import (
     scan_folder,
     thumbnail,
 )
-from stages.common.io import npy_writer, save_npy, scratch_path, write_json, write_text
+from stages.common.io import npy_writer, save_npy, scratch_path, write_csv, write_json
 from stages.common.params import load_params
 
 SPLITS = paths.SPLITS
@@ -285,13 +283,12 @@ def check_classes(classes: list[str], labels: np.ndarray, folder: str) -> None:
 def write_manifest(
     parts: dict[str, np.ndarray], labels: np.ndarray, names: list[str], classes: list[str]
 ) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["split", "row", "class", "source"])
-    for split in SPLITS:
-        for row, i in enumerate(parts[split]):
-            writer.writerow([split, row, classes[labels[i]], names[i]])
-    write_text(paths.MANIFEST, buffer.getvalue())
+    rows = [
+        [split, row, classes[labels[i]], names[i]]
+        for split in SPLITS
+        for row, i in enumerate(parts[split])
+    ]
+    write_csv(paths.MANIFEST, [["split", "row", "class", "source"], *rows])
 
 
 def main() -> None:

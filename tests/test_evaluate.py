@@ -123,16 +123,16 @@ def test_calibration_error_and_figure(evaluated) -> None:
 
 def test_small_support_classes_are_flagged(evaluated) -> None:
     root, _ = evaluated
-    per_class = read(root, paths.PER_CLASS)
-    assert per_class["c"]["support"] == 4 and per_class["c"]["small_support"] is True
-    assert per_class["a"]["small_support"] is False
-    assert read(root, paths.METRICS)["test"]["small_support_classes"] == ["c"]
+    with open(root / paths.PER_CLASS, encoding="utf-8", newline="") as f:
+        per_class = {row["class"]: row for row in csv.DictReader(f)}
+    assert per_class["c"]["support"] == "4" and per_class["c"]["small_support"] == "True"
+    assert per_class["a"]["small_support"] == "False"
+    assert read(root, paths.METRICS)["test"]["small_support_classes"] == 1
     # Class "c" got 3 of 4 right (row 21 wrong): recall 0.75 with a wide interval.
-    assert per_class["c"]["recall"] == pytest.approx(0.75)
+    assert float(per_class["c"]["recall"]) == pytest.approx(0.75)
     low, high = wilson_interval(3, 4)
-    assert (per_class["c"]["recall_low"], per_class["c"]["recall_high"]) == pytest.approx(
-        (low, high), abs=1e-6
-    )
+    interval = (float(per_class["c"]["recall_low"]), float(per_class["c"]["recall_high"]))
+    assert interval == pytest.approx((low, high), abs=1e-6)
 
 
 def test_paired_mcnemar_against_each_baseline(evaluated) -> None:

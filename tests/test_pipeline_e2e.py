@@ -52,20 +52,27 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def flat_values(tree: dict) -> list:
+    """Every leaf of a nested dict."""
+    return [x for v in tree.values() for x in (flat_values(v) if isinstance(v, dict) else [v])]
+
+
 def test_full_run_writes_every_output(repo: Path) -> None:
     metrics = json.loads((repo / paths.METRICS).read_text())
-    assert metrics["features"]["weights"] == "random"
-    assert metrics["features"]["weights_source"].startswith("random initialisation")
-    assert metrics["features"]["layer"] == "conv4_block6_out"
+    info = json.loads((repo / paths.FEATURES_INFO).read_text())
+    assert info["weights"]["spec"] == "random"
+    assert info["weights"]["source"].startswith("random initialisation")
+    assert info["layer"] == "conv4_block6_out"
+    assert all(isinstance(v, int | float) for v in flat_values(metrics)), "metrics: numbers only"
     assert metrics["images"]["test"] + metrics["images"]["val"] + metrics["images"]["train"] == 120
     assert metrics["images"]["train_augmented"] == metrics["images"]["train"]  # copies: 1
     for split in ("train", "val", "test"):
         assert 0 <= metrics[split]["accuracy"] <= 1
     # Even random features carry signal: well above the 10 % of guessing.
     assert metrics["val"]["accuracy"] > 0.3
-    per_class = json.loads((repo / paths.PER_CLASS).read_text())
-    assert sorted(per_class) == [str(d) for d in range(10)]
-    assert sum(c["support"] for c in per_class.values()) == metrics["images"]["test"]
+    per_class = list(csv.DictReader((repo / paths.PER_CLASS).open(encoding="utf-8")))
+    assert [row["class"] for row in per_class] == [str(d) for d in range(10)]
+    assert sum(int(row["support"]) for row in per_class) == metrics["images"]["test"]
     for path in (paths.CONFUSION, paths.PREDICTION_GRID, paths.MISCLASSIFIED, paths.TRAIN_LOG):
         assert (repo / path).stat().st_size > 0
     epochs = list(csv.DictReader((repo / paths.TRAIN_LOG).open()))

@@ -9,12 +9,14 @@ outputs, directories included, before it runs the stage again).
 from __future__ import annotations
 
 import contextlib
+import csv
 import glob
+import io
 import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def csv_text(rows: Iterable[Sequence[Any]]) -> str:
+    """Rows (the header first) as CSV text, with ``\n`` line ends on every platform."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def write_csv(path: str | Path, rows: Iterable[Sequence[Any]]) -> None:
+    """Rows (the header first) written atomically as CSV."""
+    write_text(path, csv_text(rows))
 
 
 def write_json(path: str | Path, data: Any) -> None:

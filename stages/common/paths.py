@@ -48,7 +48,6 @@ EXPORT_TFLITE = EXPORT_DIR / "classifier.tflite"
 
 METRICS_DIR = Path("metrics")
 METRICS = METRICS_DIR / "metrics.json"  # evaluate
-PER_CLASS = METRICS_DIR / "per_class.json"  # evaluate
 BASELINES_PIXELS = METRICS_DIR / "baselines_pixels.json"  # baselines_pixels
 BASELINES_FEATURES = METRICS_DIR / "baselines_features.json"  # baselines_features
 EXPORT_METRICS = METRICS_DIR / "export.json"  # export
@@ -56,6 +55,7 @@ EXPORT_METRICS = METRICS_DIR / "export.json"  # export
 PLOTS_DIR = Path("plots")
 TRAIN_LOG = PLOTS_DIR / "train_log.csv"  # train
 PREDICTIONS = PLOTS_DIR / "predictions.csv"  # evaluate
+PER_CLASS = PLOTS_DIR / "per_class.csv"  # evaluate: per-class scores on test (not metrics)
 CONFUSION = PLOTS_DIR / "confusion.png"  # evaluate
 PREDICTION_GRID = PLOTS_DIR / "prediction_grid.png"  # evaluate
 MISCLASSIFIED = PLOTS_DIR / "misclassified.png"  # evaluate
