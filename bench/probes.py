@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from stages.common import paths
 
@@ -143,13 +144,9 @@ def probe_extract_speed(
     images: int,
     reps: int,
     batch_size: int,
-    batch_sizes: list[int],
-    precisions: list[str],
     one_stream: bool = False,
 ) -> dict:
-    """Stage path vs plain ``model.predict`` at one image size, with a matmul run in between;
-    then the stage path at each of ``precisions`` (after, not interleaved: once AMX bfloat16
-    kernels have run, float32 runs slower in the same process on this CPU).
+    """Stage path vs plain ``model.predict`` at one image size, with a matmul run in between.
 
     The stage path is the stage's own: one single-threaded stream per core (``cpu_streams``),
     or with ``one_stream`` one stream over TensorFlow's default thread pools (as before issue
@@ -173,15 +170,7 @@ def probe_extract_speed(
         fns = sgemm_functions(tf, streams)
         fns["project"] = lambda: project_run(tf, model, forward, strategy, x, batch_size, Path(tmp))
         fns["predict"] = lambda: plain.predict(to_model_input(np.asarray(x)), verbose=0)
-        for bs in batch_sizes:
-            fns[f"project_bs{bs}"] = lambda bs=bs: project_run(
-                tf, model, forward, strategy, x, bs, Path(tmp)
-            )
         best = best_of(fns, reps)
-        for precision in precisions:
-            built = project_extractor(keras, tf, size, precision, streams)
-            run_p = lambda b=built: project_run(tf, *b, x, batch_size, Path(tmp))  # noqa: E731
-            best |= best_of({precision: run_p}, reps)
     flops = conv_dense_flops(keras, model)
     sgemm = max(gflops(best["sgemm_tf"], streams), gflops(best["sgemm_numpy"]))
     result = {
@@ -199,92 +188,7 @@ def probe_extract_speed(
     }
     result["fraction_of_limit"] = result["project_images_per_s"] * flops / (sgemm * 1e9)
     result["predict_fraction_of_limit"] = result["predict_images_per_s"] * flops / (sgemm * 1e9)
-    result["batch_sweep"] = {bs: images / best[f"project_bs{bs}"] for bs in batch_sizes}
-    result["precision_images_per_s"] = {p: images / best[p] for p in precisions}
     return result
-
-
-def op_times(tf, forward, images: np.ndarray, reps: int) -> tuple[dict[str, float], float]:
-    """Seconds per run of ``forward`` (a tf.function of one uint8 batch) by kernel type.
-
-    The function is frozen (variables as constants) and run in a v1 ``Session`` with a full
-    trace: the op types are the kernels Grappler and oneDNN actually ran (``_MklNativeFusedConv2D``
-    is a convolution with its bias and ReLU fused in). Times are each op's wall time.
-    """
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
-
-    spec = tf.TensorSpec(images.shape, tf.uint8)
-    frozen = convert_variables_to_constants_v2(forward.get_concrete_function(spec))
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.graph_util.import_graph_def(frozen.graph.as_graph_def(), name="")
-    feed, fetch = {frozen.inputs[0].name: images}, frozen.outputs[0].name
-    options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
-    totals: dict[str, float] = {}
-    with tf.compat.v1.Session(graph=graph) as session:
-        session.run(fetch, feed)
-        for _ in range(reps):
-            metadata = tf.compat.v1.RunMetadata()
-            session.run(fetch, feed, options=options, run_metadata=metadata)
-            for device in metadata.step_stats.dev_stats:
-                for node in device.node_stats:
-                    op = node.timeline_label.split(" = ")[-1].split("(")[0] or node.node_name
-                    totals[op] = totals.get(op, 0.0) + node.all_end_rel_micros / 1e6 / reps
-    return totals, sum(totals.values())
-
-
-def probe_extract_profile(size: int, images: int, batch_size: int, reps: int) -> dict:
-    """Where extract's time goes at one image size: the stage path (tf.data + forward + .npy)
-    vs the compiled forward pass on batches already in memory vs the model alone (without
-    ``to_model_input``) vs the input pipeline alone, interleaved; then the forward pass's share
-    of time by kernel type (``op_times``)."""
-    from stages import extract
-    from stages.common.images import to_model_input
-    from stages.common.io import load_npy, save_npy
-    from stages.common.tf import setup_keras
-
-    keras = setup_keras(42)
-    import tensorflow as tf
-
-    streams = extract.cpu_streams(tf)
-    model, forward, strategy = project_extractor(keras, tf, size, streams=streams)
-
-    @tf.function(reduce_retracing=True)
-    def bare(batch):
-        """The forward pass without ``to_model_input``, cut into the same streams (one alone
-        would run on one core of this process's single-threaded pools)."""
-        parts = tf.split(batch, streams)  # batch_size is a multiple of streams here
-        return tf.concat([model(part, training=False) for part in parts], axis=0)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        save_npy(Path(tmp) / "images.npy", synthetic_images(images, size))
-        x = load_npy(Path(tmp) / "images.npy", mmap=True)
-        batches = [tf.constant(x[i : i + batch_size]) for i in range(0, images, batch_size)]
-        inputs = [to_model_input(batch) for batch in batches]
-        best = best_of(
-            {
-                "stage_path": lambda: project_run(
-                    tf, model, forward, strategy, x, batch_size, Path(tmp)
-                ),
-                "forward": lambda: [forward(b).numpy() for b in batches],
-                "model_only": lambda: [bare(b).numpy() for b in inputs],
-                "input_pipeline": lambda: list(
-                    extract.image_dataset(tf, [x], batch_size, strategy)
-                ),
-            },
-            reps,
-        )
-        totals, total = op_times(tf, forward, np.asarray(x[:batch_size]), reps)
-    shares = sorted(((op, t / total) for op, t in totals.items()), key=lambda kv: -kv[1])
-    return {
-        "size": size,
-        "batch_size": batch_size,
-        "streams": streams,
-        "images_per_s": {name: images / seconds for name, seconds in best.items()},
-        "op_share": {op: share for op, share in shares if share >= 0.001},
-    }
 
 
 def head_timer(keras):
@@ -313,164 +217,6 @@ def head_timer(keras):
     return EpochTimer()
 
 
-def read_repo(repo: Path) -> tuple[dict, dict]:
-    import yaml
-
-    params = yaml.safe_load((repo / paths.PARAMS_FILE).read_text(encoding="utf-8"))
-    return params["train"], params["augment"]
-
-
-def inloop_model(keras, head, augment: dict, size: int):
-    """The seed's method: augmentation layers -> preprocess -> frozen ResNet50 -> ``head``."""
-    from keras.applications.resnet50 import preprocess_input
-
-    from stages.augment import build_augmenter
-
-    base = plain_model(keras, size)
-    base.trainable = False
-    inputs = keras.Input((size, size, 3))
-    model = keras.Model(
-        inputs, head(base(preprocess_input(build_augmenter(keras, augment)(inputs))))
-    )
-    model.compile(optimizer=head.optimizer, loss=head.loss, metrics=["accuracy"])
-    return model
-
-
-def probe_epochs(repo: str, rounds: int, inloop_batches: int) -> dict:
-    """Epoch times, interleaved round by round in one process: the head fitted on the cached
-    features as stages/train.py does (train.build_head + fit, val as one cached batch), two variants of that fit, and
-    the seed's method on the original training images.
-
-    The seed's method trains on the first ``inloop_batches`` full batches of the training images
-    per timed epoch and validates on all validation images; its training part is scaled
-    linearly to all training images. Each model runs one untimed epoch first (tracing).
-    """
-    from stages.common.tf import setup_keras
-    from stages.train import build_head, one_hot, validation_dataset
-
-    repo_path = Path(repo)
-    train, augment = read_repo(repo_path)
-    keras = setup_keras(train["seed"])
-
-    def load(path: Path) -> np.ndarray:
-        return np.load(repo_path / path)
-
-    x, y = load(paths.features("train")), load(paths.feature_labels("train"))
-    xv, yv = load(paths.features("val")), load(paths.feature_labels("val"))
-    images = load(paths.split_images("train")).astype(np.float32)
-    image_labels = load(paths.split_labels("train"))
-    val_images = load(paths.split_images("val")).astype(np.float32)
-    n_classes, batch = int(max(y.max(), yv.max())) + 1, train["batch_size"]
-    y, yv, image_labels = (one_hot(labels, n_classes) for labels in (y, yv, image_labels))
-
-    def head(**compile_args):
-        model = build_head(keras, x, n_classes, train)
-        if compile_args:  # the same optimizer and loss, compiled with other settings
-            model.compile(
-                optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"], **compile_args
-            )
-        return model
-
-    subset = min(len(images), inloop_batches * batch)
-    runs = {  # name: (model, x, y, validation data, batch size)
-        "head": (head(), x, y, validation_dataset((xv, yv)), batch),
-        "head_steps_per_execution_32": (
-            head(steps_per_execution=32),
-            x,
-            y,
-            validation_dataset((xv, yv)),
-            batch,
-        ),
-        "head_batch_1024": (head(), x, y, validation_dataset((xv, yv)), 1024),
-        "inloop": (
-            inloop_model(keras, head(), augment, images.shape[1]),
-            images[:subset],
-            image_labels[:subset],
-            (val_images, yv),
-            batch,
-        ),
-    }
-    timers = {name: head_timer(keras) for name in runs}
-    for repeat in range(rounds + 1):
-        for name, (model, xs, ys, validation, batch_size) in runs.items():
-            model.fit(
-                xs,
-                ys,
-                validation_data=validation,
-                batch_size=batch_size,
-                shuffle=True,
-                callbacks=[timers[name]] if repeat else [],
-                verbose=0,
-            )
-    result: dict[str, Any] = {
-        "train_images": len(x),
-        "inloop_train_images": len(images),
-        "inloop_timed_images": subset,
-        "rounds": rounds,
-    }
-    for name, timer in timers.items():
-        train_s = float(np.median(timer.train_s))
-        validation_s = float(np.median(np.subtract(timer.epoch_s, timer.train_s)))
-        if name == "inloop":
-            train_s *= len(images) / subset
-        result[name] = {"epoch_s": train_s + validation_s, "train_s": train_s}
-    return result
-
-
-def probe_precision(repo: str, precisions: list[str]) -> dict:
-    """Feature values and head accuracy at each ``extract.precision`` vs the float32 features
-    that ``dvc repro`` cached, on the repo's original training images and its test images."""
-    from stages import extract
-    from stages.common.tf import setup_keras
-    from stages.train import build_head, one_hot
-
-    repo_path = Path(repo)
-    train, _ = read_repo(repo_path)
-    keras = setup_keras(42)
-    import tensorflow as tf
-
-    def load(path: Path, **kwargs: Any) -> np.ndarray:
-        return np.load(repo_path / path, **kwargs)
-
-    x_train, y_train = load(paths.split_images("train")), load(paths.split_labels("train"))
-    x_test, y_test = load(paths.split_images("test")), load(paths.split_labels("test"))
-    float32 = {
-        "train": load(paths.features("train"), mmap_mode="r")[: len(x_train)],
-        "test": load(paths.features("test")),
-    }
-
-    def accuracy(f_train: np.ndarray, f_test: np.ndarray) -> float:
-        keras.utils.set_random_seed(train["seed"])
-        n_classes = int(y_train.max()) + 1
-        head = build_head(keras, f_train, n_classes, train)
-        head.fit(
-            f_train,
-            one_hot(y_train, n_classes),
-            epochs=train["epochs"],
-            batch_size=train["batch_size"],
-            verbose=0,
-        )
-        return float((head.predict(f_test, verbose=0).argmax(1) == y_test).mean())
-
-    result: dict[str, Any] = {
-        "float32": {"test_accuracy": accuracy(float32["train"], float32["test"])}
-    }
-    for precision in precisions:
-        model, forward, strategy = project_extractor(keras, tf, x_train.shape[1], precision)
-        features = {}
-        for name, x in (("train", x_train), ("test", x_test)):
-            features[name] = np.zeros((len(x), model.output_shape[-1]), np.float32)
-            dataset = extract.image_dataset(tf, [x], 128, strategy)
-            extract.write_features(forward, dataset, features[name])
-        diff = np.abs(features["test"] - float32["test"])
-        result[precision] = {
-            "test_accuracy": accuracy(features["train"], features["test"]),
-            "max_abs_diff_over_max": float(diff.max() / np.abs(float32["test"]).max()),
-            "mean_abs_diff_over_mean": float(diff.mean() / np.abs(float32["test"]).mean()),
-        }
-    return result
-
-
 def head_flops_per_epoch(
     x_dim: int, layers: list[int], n_classes: int, n_train: int, n_val: int
 ) -> int:
@@ -491,7 +237,7 @@ def probe_head_floor(repo: str, epochs: int, variants: dict[str, dict]) -> dict:
     from stages.common.tf import setup_keras
 
     repo_path = Path(repo)
-    train, _ = read_repo(repo_path)
+    train = yaml.safe_load((repo_path / paths.PARAMS_FILE).read_text(encoding="utf-8"))["train"]
     keras = setup_keras(train["seed"])
     import tensorflow as tf
 
@@ -531,9 +277,6 @@ PROBES = {
     "import": probe_import,
     "head_floor": probe_head_floor,
     "extract_speed": probe_extract_speed,
-    "extract_profile": probe_extract_profile,
-    "epochs": probe_epochs,
-    "precision": probe_precision,
 }
 
 

@@ -7,19 +7,16 @@ What it measures, each in fresh processes (see bench/probes.py), on this machine
   ``model.predict``, next to a float32 matmul (the machine's practical limit);
 * a full ``dvc repro`` with default params (ImageNet weights) in a scratch copy of the repo,
   then ``dvc repro`` after a ``train.*`` change (only train and evaluate run), then the
-  head-only iteration as users run it, ``dvc exp run evaluate -S train.seed=S`` (train and
-  evaluate; three seeds, the median reported), and ``dvc exp run -S train.seed=45`` (export too); whether split and evaluate
-  import TensorFlow (neither should);
-* one epoch of the head on the cached features vs one epoch of the seed's method (frozen
-  ResNet50 inside the training loop, augmentation on the fly);
+  head-only iteration as users run it, ``dvc exp run evaluate -S train.seed=S`` (three seeds,
+  the median reported), and ``dvc exp run -S train.seed=45`` (export too); whether split and
+  evaluate import TensorFlow (neither should);
 * the head's epoch inside one ``fit_head`` (as the train stage runs it) against its matmul
-  floor;
-* float32 vs mixed precision: speed, feature differences, head accuracy;
+  floor, with ``train.precision`` as set and in float32;
 * peak resident memory of the extract stage for 2,000 and 20,000 images.
 
 Each section returns a ``Section``: its results, nested under its name in results.json, and
-its own rows of the table (results.json ``table``, shown by docs/performance.md). Stage times are what each stage records itself when it
-finishes (``run_stage`` -> ``stages.common.paths.STAGE_TIMES``: its main(), TensorFlow's import
+its own rows of the table (results.json ``table``, shown by docs/performance.md). Stage times
+are what each stage records itself when it finishes (``run_stage`` -> ``stages.common.paths.STAGE_TIMES``: its main(), TensorFlow's import
 included where main() does it), not parsed from log text. ``--only`` runs some sections (for
 development; a full run is what docs/performance.md reports).
 """
@@ -201,14 +198,9 @@ def bench_import(repo: Path | None) -> Section:
 
 
 EXTRACT_PLANS = {
-    32: {"images": 256, "reps": 5, "batch_sizes": [], "precisions": []},
-    64: {
-        "images": 512,
-        "reps": 5,
-        "batch_sizes": [64, 128, 256, 512],
-        "precisions": ["mixed_float16", "mixed_bfloat16"],
-    },
-    224: {"images": 32, "reps": 5, "batch_sizes": [], "precisions": []},
+    32: {"images": 256, "reps": 5},
+    64: {"images": 512, "reps": 5},
+    224: {"images": 32, "reps": 5},
 }
 
 
@@ -216,19 +208,8 @@ def extract_size(size: int, batch_size: int) -> dict[str, Any]:
     """One image size: the stage's path (one stream per core) vs the same path as one stream and
     vs ``model.predict`` (both on TensorFlow's default thread pools), next to the matmul limit."""
     plan = EXTRACT_PLANS[size]
-    plan = {**plan, "batch_sizes": [bs for bs in plan["batch_sizes"] if bs != batch_size]}
     r = probe("extract_speed", size=size, batch_size=batch_size, **plan)
-    one = probe(
-        "extract_speed",
-        size=size,
-        batch_size=batch_size,
-        images=plan["images"],
-        reps=plan["reps"],
-        batch_sizes=[],
-        precisions=[],
-        one_stream=True,
-    )
-    by_batch = {int(k): v for k, v in r["batch_sweep"].items()}
+    one = probe("extract_speed", size=size, batch_size=batch_size, **plan, one_stream=True)
     # One limit for all three: the best matmul rate either process measured (one stream per core
     # and TensorFlow's default pools reach different rates on some CPUs; docs/performance.md).
     sgemm = max(r["sgemm_gflops"], one["sgemm_gflops"])
@@ -249,10 +230,6 @@ def extract_size(size: int, batch_size: int) -> dict[str, Any]:
             "one_stream": one["sgemm_gflops"],
         },
         "layer": r["layer"],
-        "by_batch": dict(sorted((by_batch | {batch_size: r["project_images_per_s"]}).items()))
-        if by_batch
-        else {},
-        "by_precision": r["precision_images_per_s"],
     }
 
 
@@ -279,28 +256,7 @@ def extract_rows(result: dict[str, Any]) -> list[Row]:
         )
         for size, r in sizes.items()
     ]
-    for size, r in sizes.items():
-        if r["by_batch"]:
-            sweep = ", ".join(f"{bs}: {fmt(v)}" for bs, v in r["by_batch"].items())
-            rows.append((f"extract {size} px by batch size (images/s)", sweep, ""))
-        for precision, speed in r["by_precision"].items():
-            note = f"x{fmt(speed / r['images_per_s'])} vs float32"
-            rows.append((f"extract.precision: {precision}, {size} px (images/s)", fmt(speed), note))
     return rows
-
-
-def profile_row(profile: dict) -> tuple[str, str, str]:
-    """Where extract's time goes at 64 px: input pipeline and preprocessing vs the convolutions."""
-    speed, share = profile["images_per_s"], profile["op_share"]
-    convs = sum(v for op, v in share.items() if "Conv2D" in op)
-    add_relu = share.get("AddV2", 0.0) + share.get("Relu", 0.0)
-    return (
-        "  64 px, where the time goes (images/s)",
-        f"stage path {speed['stage_path']:.0f}, forward on tensors {speed['forward']:.0f}, "
-        f"without to_model_input {speed['model_only']:.0f}",
-        f"forward: convolutions {convs:.0%}, residual Add + ReLU (not fused) {add_relu:.0%}; "
-        f"tf.data alone {speed['input_pipeline']:.0f} images/s",
-    )
 
 
 def bench_extract(repo: Path | None) -> Section:
@@ -310,11 +266,8 @@ def bench_extract(repo: Path | None) -> Section:
         "batch_size": batch_size,
         "sgemm_gflops": max(r["sgemm_gflops"] for r in sizes.values()),
         "sizes": sizes,
-        "profile_64": probe("extract_profile", size=64, images=512, batch_size=batch_size, reps=3),
     }
-    rows = extract_rows(result)
-    rows.append(profile_row(result["profile_64"]))
-    return Section(result, rows)
+    return Section(result, extract_rows(result))
 
 
 def bench_repro(repo: Path) -> Section:
@@ -417,16 +370,8 @@ def imports_tensorflow(repo: Path, stage: str) -> dict[str, Any]:
 
 def bench_head_floor(repo: Path) -> Section:
     """The head's epoch inside one ``fit_head``, as stages/train.py runs it, against its matmul
-    floor; and the same with a 4x batch and rate, for comparison."""
-    train = yaml.safe_load((repo / paths.PARAMS_FILE).read_text())["train"]
-    variants = {
-        "default": {},
-        "float32": {"precision": "float32"},
-        "batch_x4_lr_x4": {
-            "batch_size": 4 * train["batch_size"],
-            "learning_rate": 4 * train["learning_rate"],
-        },
-    }
+    floor; and the same with the hidden layers in float32, for comparison."""
+    variants = {"default": {}, "float32": {"precision": "float32"}}
     r = probe("head_floor", repo=str(repo), epochs=8, variants=variants)
     result = {
         "floor_s": r["floor_s"],
@@ -447,76 +392,8 @@ def bench_head_floor(repo: Path) -> Section:
         (
             "  hidden layers in float32 (epoch / floor)",
             fmt(result["variants_over_floor"]["float32"]),
-            "`train.precision: float32`; the default `auto` is mixed_bfloat16 on bf16 hardware",
+            "`train.precision: float32`",
         ),
-        (
-            "  batch x4, rate x4 (epoch / floor)",
-            fmt(result["variants_over_floor"]["batch_x4_lr_x4"]),
-            "not the default",
-        ),
-    ]
-    return Section(result, rows)
-
-
-def bench_epochs(repo: Path) -> Section:
-    """Head epochs and the seed's in-loop epochs, interleaved in one process."""
-    r = probe("epochs", repo=str(repo), rounds=3, inloop_batches=2)
-    head, inloop = r["head"], r["inloop"]
-    per_image_inloop = inloop["train_s"] / r["inloop_train_images"]
-    per_image_head = head["train_s"] / r["train_images"]
-    result = {
-        "head": {**head, "train_images": r["train_images"]},
-        "head_variants": {
-            "steps_per_execution_32": r["head_steps_per_execution_32"]["epoch_s"],
-            "batch_1024": r["head_batch_1024"]["epoch_s"],
-        },
-        "inloop": {
-            **inloop,
-            "train_images": r["inloop_train_images"],
-            "timed_images": r["inloop_timed_images"],
-            "epochs_timed": r["rounds"],
-        },
-        "head_speedup": per_image_inloop / per_image_head,
-        "head_speedup_per_epoch": inloop["epoch_s"] / head["epoch_s"],
-    }
-    v = result["head_variants"]
-    rows = [
-        (
-            "head: one epoch on cached features (s)",
-            fmt(head["epoch_s"]),
-            "as stages/train.py fits it",
-        ),
-        (
-            "  same head, other fit settings (s)",
-            f"steps_per_execution=32: {fmt(v['steps_per_execution_32'])}; "
-            f"batch_size 1024: {fmt(v['batch_1024'])}",
-            "not the default (stages/train.py)",
-        ),
-        (
-            "seed's method: one epoch, ResNet50 in the loop (s)",
-            fmt(inloop["epoch_s"]),
-            f"training part timed on {r['inloop_timed_images']} of "
-            f"{r['inloop_train_images']} images, scaled",
-        ),
-        ("head_speedup (per training image seen)", fmt(result["head_speedup"]), "target ≥ 200"),
-        ("  per epoch as each method defines it", fmt(result["head_speedup_per_epoch"]), ""),
-    ]
-    return Section(result, rows)
-
-
-def bench_precision(repo: Path) -> Section:
-    """mixed precision vs float32 at 64 px: feature differences and head accuracy."""
-    result = probe("precision", repo=str(repo), precisions=["mixed_bfloat16"])
-    rows = [
-        (
-            f"extract.precision: {p}, 64 px: features and accuracy",
-            f"head test accuracy {fmt(r['test_accuracy'])} "
-            f"(float32: {fmt(result['float32']['test_accuracy'])})",
-            f"features: max diff / max {fmt(r['max_abs_diff_over_max'])}, "
-            f"mean diff / mean {fmt(r['mean_abs_diff_over_mean'])}",
-        )
-        for p, r in result.items()
-        if p != "float32"
     ]
     return Section(result, rows)
 
@@ -574,27 +451,10 @@ SECTIONS: dict[str, Callable[[Any], Section]] = {
     "import": bench_import,
     "extract": bench_extract,
     "repro": bench_repro,
-    "epochs": bench_epochs,
     "head_floor": bench_head_floor,
-    "precision": bench_precision,
     "rss": bench_rss,
 }
-NEEDS_REPO = {"repro", "epochs", "head_floor", "precision"}
-
-
-def derived(results: dict[str, Any]) -> Section:
-    """What needs two sections: retraining the seed's way vs ``dvc repro`` after a train change."""
-    if "epochs" not in results or "repro" not in results:
-        return Section({})
-    epochs = results["repro"]["head_only"]["train_epochs_run"]
-    inloop_retrain_s = results["epochs"]["inloop"]["epoch_s"] * epochs
-    speedup = inloop_retrain_s / results["repro"]["head_only"]["seconds"]
-    result = {
-        "train_epochs": epochs,
-        "inloop_retrain_s": inloop_retrain_s,
-        "iteration_speedup": speedup,
-    }
-    return Section(result, [("iteration_speedup", fmt(speedup), "target ≥ 100")])
+NEEDS_REPO = {"repro", "head_floor"}
 
 
 def markdown(rows: list[Row]) -> str:
@@ -623,13 +483,13 @@ def main(argv: list[str] | None = None) -> None:
             section = SECTIONS[name](repo)
             results[name] = section.results
             rows += section.rows
-    section = derived(results)
-    if section.results:
-        results["derived"] = section.results
-        rows += section.rows
     results["load_average_end"] = round(os.getloadavg()[0], 2)
     results["bench_s"] = time.perf_counter() - start
     results["table"] = [list(row) for row in rows]
     write_record(RESULTS_JSON, results)
     print(markdown(rows))
     print(f"wrote {RESULTS_JSON.relative_to(ROOT)}; `make docs` shows it in docs/performance.md")
+
+
+if __name__ == "__main__":
+    main()
