@@ -46,7 +46,6 @@ def main() -> None:
     features = feature_data(baselines["train_on"] == "augmented")
     results = {
         "logreg_features": select_and_save("logreg_features", logreg, logreg_grid(), features),
-        "train_on": baselines["train_on"],
         "train_images": len(features["train"][1]),
         "feature_dim": int(features["train"][0].shape[1]),
     }

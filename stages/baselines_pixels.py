@@ -136,7 +136,6 @@ def main() -> None:
             svm_grid(pixels["train"][0]),
             pixels,
         ),
-        "train_on": baselines["train_on"],
         "train_images": len(pixels["train"][1]),
         "pixel_size": size,
     }
