@@ -34,8 +34,7 @@ OUT = ROOT / "bench" / "precision.json"
 
 # What may differ between machines or runs: thread counts, the CPUs a process may use, oneDNN
 # on or off, and the instruction sets oneDNN may use (a cap simulates an older CPU on this one:
-# AVX2 for a CPU without AVX-512, AVX512_CORE for one without bfloat16 or AMX units). The train
-# stage holds float32 to AVX2 itself unless ONEDNN_MAX_CPU_ISA is set: isa_all lifts that.
+# AVX2 for a CPU without AVX-512, AVX512_CORE for one without bfloat16 or AMX units).
 SETTINGS: dict[str, dict[str, Any]] = {
     "default": {"env": {}},
     "threads_1": {
@@ -49,7 +48,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "taskset_cpu0": {"env": {}, "prefix": ["taskset", "-c", "0"]},
     "onednn_off": {"env": {"TF_ENABLE_ONEDNN_OPTS": "0"}},
     "isa_avx2": {"env": {"ONEDNN_MAX_CPU_ISA": "AVX2"}},
-    "isa_all": {"env": {"ONEDNN_MAX_CPU_ISA": "ALL"}},  # no cap: AVX-512 where the CPU has it
     "isa_avx512_core": {"env": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}},
     "isa_avx2_threads_1": {
         "env": {"ONEDNN_MAX_CPU_ISA": "AVX2", "TF_NUM_INTRAOP_THREADS": "1", "OMP_NUM_THREADS": "1"}

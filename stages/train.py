@@ -34,7 +34,6 @@ only run through the finished head here; nothing about training looks at them.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -285,18 +284,8 @@ def write_predictions(keras, model, n_train: int) -> None:
         save_npy(paths.probs(split), head_probabilities(keras, model, features[:rows]))
 
 
-# oneDNN's AVX-512 and AVX2 float32 matmul kernels sum in different orders, so the head's bytes
-# would depend on whether the CPU has AVX-512; held to AVX2 kernels, every x86-64 CPU with AVX2
-# trains the same head, at about a tenth more CPU time (bench/precision.json,
-# docs/reproducibility.md). An ONEDNN_MAX_CPU_ISA set by the user wins; bfloat16 (an opt-in that
-# gives up the same bytes for speed) keeps oneDNN's bfloat16 instructions.
-SAME_BYTES_ISA = "AVX2"
-
-
 def main() -> None:
     train = load_params("train")["train"]
-    if train["precision"] == "float32":
-        os.environ.setdefault("ONEDNN_MAX_CPU_ISA", SAME_BYTES_ISA)  # before TensorFlow starts
     keras = setup_keras(train["seed"])
     start = time.perf_counter()
     x_train, y_train = (

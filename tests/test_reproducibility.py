@@ -17,16 +17,16 @@ from conftest import REPO_ROOT, git_commit, git_status, run
 
 from stages.common import paths
 
-# One thread everywhere; and what a CPU with AVX2 but no AVX-512 runs (oneDNN held to AVX2 by
-# the environment, not by train's own default), with TensorFlow's thread pools at other sizes.
+# One thread everywhere; and oneDNN held to AVX-512 without its bfloat16 instructions (what a
+# CPU without bfloat16 or AMX units runs), with TensorFlow's thread pools at other sizes.
 OTHER_SETTINGS = {
     "one thread": {
         "TF_NUM_INTRAOP_THREADS": "1",
         "TF_NUM_INTEROP_THREADS": "1",
         "OMP_NUM_THREADS": "1",
     },
-    "AVX2 only, 3 threads": {
-        "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "no bfloat16 units, 3 threads": {
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
         "TF_NUM_INTRAOP_THREADS": "3",
         "TF_NUM_INTEROP_THREADS": "2",
     },
