@@ -44,7 +44,8 @@ from stages.common.params import load_params
 
 SPLITS = paths.SPLITS
 # What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
-READS: tuple = ()  # and data.folder, a param (dvc.yaml: ${data.folder})
+# data.folder is a param (dvc.yaml: ${data.folder}); MNIST_SET names data.source: mnist's digits.
+READS = (paths.MNIST_SET,)
 WRITES = (paths.SPLIT_DIR,)
 
 
@@ -71,7 +72,8 @@ def load_mnist_source() -> tuple[list[str], list, np.ndarray, list[str], str]:
     mnist = load_mnist()
     ink = 255 - mnist.images  # MNIST is white ink on black
     names = [f"mnist#{i}" for i in range(len(ink))]
-    return DIGIT_CLASSES, list(ink), mnist.labels, names, f"{mnist.route}: {mnist.description}"
+    route = f"{mnist.route}: {mnist.description}, sha256 {mnist.sha256}"
+    return DIGIT_CLASSES, list(ink), mnist.labels, names, route
 
 
 def original_thumbnail(item) -> np.ndarray:

@@ -6,12 +6,13 @@ Head: a Normalization layer that standardises the features, ``train.layers`` Den
 cosine-decayed over ``train.epochs`` (``train.lr_schedule``); cross-entropy with
 ``train.label_smoothing``.
 
-``train.precision``: the hidden Dense layers (the head's one large matmul) compute in
-``mixed_bfloat16`` (float32 weights, bfloat16 products) or float32; ``auto`` picks bfloat16
-where the machine has bfloat16 units (a CPU with AVX512_BF16 or AMX, a GPU of compute capability
-8.0 or more: about 30 % faster epochs on this project's 2-core CPU) and float32 elsewhere, where
-bfloat16 would be emulated and slower. The saved head is float32 either way: the trained weights
-in a float32 copy of the same head (``float32_head``), which is also what writes the predictions.
+``train.precision``: the hidden Dense layers (the head's one large matmul) compute in float32
+(the default: the same head on every CPU, docs/reproducibility.md) or, opted into,
+``mixed_bfloat16`` (float32 weights, bfloat16 products: faster on bfloat16 units, but the head's
+bytes then depend on the hardware); ``auto`` picks bfloat16 where the machine has bfloat16 units
+(a CPU with AVX512_BF16 or AMX, a GPU of compute capability 8.0 or more) and float32 elsewhere,
+where bfloat16 would be emulated and slower. The saved head is float32 either way: the trained
+weights in a float32 copy of the same head (``float32_head``), which also writes the predictions.
 
 The epoch, on val only: ``train.monitor`` (default ``val_loss``, the training objective on the
 val images: cross-entropy with this run's label smoothing; or ``val_log_loss``, the plain,

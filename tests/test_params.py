@@ -7,6 +7,7 @@ Most tests call ``validate`` / ``load_params`` on real files; the last ones run 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import REPO_ROOT, copy_project, run, write_params
+from dvc.utils.serialize import parse_yaml
 
 from stages.common import paths
 from stages.common.params import (
@@ -243,10 +245,51 @@ def test_exponent_without_a_dot_is_a_number_not_a_string(tmp_path):
     assert load_params("train", path=path)["train"]["learning_rate"] == 0.002
 
 
-def test_yaml_yes_is_a_boolean_and_is_refused_for_a_number(tmp_path):
-    text = re.sub(r"(?m)^  dropout: .*$", "  dropout: yes", repository_params_text())
-    path = write_text_params(tmp_path, text)
-    with pytest.raises(ParamsError, match=r"'train.dropout'.*Got True instead \(YAML reads"):
+# Spellings that YAML 1.1 (PyYAML) and YAML 1.2 (DVC's ruamel.yaml) read differently.
+AMBIGUOUS = ["0100", "017", "-017", "08", "0o17", "1:00", "1:30:00", "off", "no", "yes", "on", "On"]
+
+
+def with_value(key: str, spelling: str) -> str:
+    name = key.split(".")[1]
+    text = re.sub(rf"(?m)^  {name}: .*$", f"  {name}: {spelling}", repository_params_text())
+    assert f"  {name}: {spelling}\n" in text
+    return text
+
+
+@pytest.mark.parametrize("spelling", AMBIGUOUS)
+def test_values_that_dvc_reads_differently_are_refused(tmp_path, spelling):
+    """The message names the key, both readings and what to write; nothing is guessed."""
+    dvc_value = parse_yaml(f"x: {spelling}", "x")["x"]
+    assert dvc_value != yaml.safe_load(f"x: {spelling}")["x"], "not ambiguous after all"
+    path = write_text_params(tmp_path, with_value("split.seed", spelling))
+    with pytest.raises(ParamsError) as info:
+        load_params("split", path=path)
+    message = str(info.value)
+    assert "has values that DVC reads differently" in message
+    assert f"'split.seed' is {dvc_value!r} to DVC" in message
+    assert "Write " in message
+
+
+def test_a_key_that_dvc_reads_differently_is_refused(tmp_path):
+    text = repository_params_text().replace("  dropout:", "  on: 1\n  dropout:")
+    with pytest.raises(ParamsError, match=r"the keys \[\"'on' \(YAML 1.1: True\)\"\] in 'train'"):
+        load_params("train", path=write_text_params(tmp_path, text))
+
+
+@pytest.mark.parametrize("spelling", ["100", "'0100'", "'off'", "false", "1.5e-3", "1_000", "0x1F"])
+def test_values_both_readers_agree_on_are_read_as_dvc_reads_them(tmp_path, spelling):
+    path = write_text_params(tmp_path, with_value("split.seed", spelling))
+    assert read_params(path) == parse_yaml(path.read_text(encoding="utf-8"), str(path))
+
+
+def test_repository_params_read_as_dvc_reads_them():
+    path = REPO_ROOT / paths.PARAMS_FILE
+    assert read_params(path) == parse_yaml(path.read_text(encoding="utf-8"), str(path))
+
+
+def test_yaml_yes_is_refused_naming_both_readings(tmp_path):
+    path = write_text_params(tmp_path, with_value("train.dropout", "yes"))
+    with pytest.raises(ParamsError, match=r"'train.dropout' is 'yes' to DVC .* but True to YAML"):
         load_params("train", path=path)
 
 
@@ -297,3 +340,47 @@ def test_split_stage_refuses_bad_params_before_any_work(stage_dir, overrides, ex
     assert expected in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not (stage_dir / paths.SPLIT_DIR).exists(), "no output may be written"
+
+
+# --- Against DVC itself: `dvc params diff` and `dvc exp run -S` in a scratch repository ---------
+
+
+def dvc_reading(repo: Path, key: str) -> Any:
+    """The value of ``key`` in the workspace's params.yaml as `dvc params diff` reports it."""
+    diff = json.loads(run(["dvc", "params", "diff", "--all", "--json"], repo).stdout)
+    return diff["params.yaml"][key]["new"]
+
+
+def test_stages_read_every_value_as_dvc_params_diff_does(pipeline_repo):
+    """Value by value: what the stages use is what DVC records, or the stage refuses it."""
+    for spelling in ["7", "0x1F", "1_000", "'0100'", *AMBIGUOUS]:
+        text = (pipeline_repo / paths.PARAMS_FILE).read_text(encoding="utf-8")
+        text = re.sub(r"(?m)^(split:\n  seed:) .*$", rf"\1 {spelling}", text)
+        (pipeline_repo / paths.PARAMS_FILE).write_text(text, encoding="utf-8")
+        dvc = dvc_reading(pipeline_repo, "split.seed")
+        try:
+            ours = read_params(pipeline_repo / paths.PARAMS_FILE)["split"]["seed"]
+        except ParamsError as err:
+            assert spelling in AMBIGUOUS, err
+            assert f"'split.seed' is {dvc!r} to DVC" in str(err)
+        else:
+            assert spelling not in AMBIGUOUS
+            assert type(ours) is type(dvc) and ours == dvc, spelling
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("split.seed=017", "Got '017' instead (a string: `dvc exp run -S` writes a number with "),
+        ("split.seed=017", "write 17, without the leading zero"),
+        ("split.seed=1:00", "'split.seed' is '1:00' to DVC"),
+        ("split.val=off", "'split.val' is 'off' to DVC"),
+    ],
+)
+def test_dvc_exp_run_set_param_gets_a_message_saying_what_to_write(
+    pipeline_repo, override, expected
+):
+    result = run(["dvc", "exp", "run", "-S", override, "split"], pipeline_repo, check=False)
+    assert result.returncode != 0
+    assert expected in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr

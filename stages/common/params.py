@@ -3,6 +3,10 @@
 Each stage asks for the sections it reads (``load_params("train")``); the whole file is
 checked first, so a typo anywhere stops every stage before any work, with a message in the
 style of scikit-learn's parameter validation: the key, the value, and what is allowed.
+
+The file is read with DVC's own parser (YAML 1.2), so a stage runs with exactly the values that
+dvc.lock records; a value that YAML 1.1 (PyYAML) reads otherwise (``0100``, ``017``, ``1:00``,
+``yes``/``no``/``on``/``off``) is refused with the spelling to use (docs/reproducibility.md).
 """
 
 from __future__ import annotations
@@ -185,6 +189,11 @@ def _value_hint(value: Any, rule: Rule) -> str:
         return " (YAML reads true/false/yes/no/on/off as booleans)"
     if value is None:
         return " (an empty value or ~ is null in YAML)"
+    if isinstance(value, str) and re.fullmatch(r"[-+]?0[0-9]+", value):
+        return (
+            " (a string: `dvc exp run -S` writes a number with a leading zero in quotes; "
+            f"write {int(value)}, without the leading zero)"
+        )
     if isinstance(value, str):
         try:
             float(value)
@@ -294,19 +303,97 @@ _StrictLoader.add_implicit_resolver(
 )
 
 
+def _parse_as_yaml_1_1(text: str, path: Path) -> Any:
+    """PyYAML's reading (YAML 1.1, duplicate keys refused): the reference for what to refuse."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no Python objects
+    except yaml.YAMLError as err:
+        where = str(err).replace('"<unicode string>"', str(path))
+        raise ParamsError(f"{path} is not valid YAML: {where}") from None
+
+
+def _parse_as_dvc(text: str, path: Path) -> Any:
+    """DVC's own reading of params.yaml (ruamel.yaml, YAML 1.2): what dvc.lock records."""
+    from dvc.utils.serialize import parse_yaml
+
+    try:
+        return parse_yaml(text, str(path))
+    except Exception as err:  # DVC's YAMLFileCorruptedError wraps ruamel's reason
+        reason = str(err.__cause__ or err).splitlines()[0]
+        raise ParamsError(f"DVC cannot read {path}: {reason}") from None
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return type(a) is type(b) and a == b
+
+
+def _yaml_spelling(value: Any) -> str:
+    """How to write ``value`` so that YAML 1.1 and 1.2 both read it so: strings quoted."""
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else repr(value)
+
+
+def _disagreement(key: str, dvc: Any, yaml_1_1: Any) -> str:
+    suggestion = f"Write {_yaml_spelling(dvc)} for DVC's reading"
+    if isinstance(yaml_1_1, bool | int | float) or yaml_1_1 is None:
+        suggestion += f", or {_yaml_spelling(yaml_1_1)} for the other"
+    return (
+        f"'{key}' is {dvc!r} to DVC (YAML 1.2, what dvc.lock records) but {yaml_1_1!r} to "
+        f"YAML 1.1 readers such as PyYAML (leading zeros, 1:00 and yes/no/on/off differ "
+        f"between the two). {suggestion}."
+    )
+
+
+def disagreements(dvc: Any, yaml_1_1: Any, key: str = "") -> list[str]:
+    """Every key whose value DVC and a YAML 1.1 reader see differently, as messages."""
+    if isinstance(dvc, dict) and isinstance(yaml_1_1, dict):
+        pairs = list(zip(dvc.items(), yaml_1_1.items(), strict=True))  # same keys, same order
+        odd_keys = [f"{a!r} (YAML 1.1: {b!r})" for (a, _), (b, _) in pairs if not _same_value(a, b)]
+        if odd_keys:
+            where = f"in '{key}'" if key else "at the top"
+            return [f"the keys {odd_keys} {where} are read differently by DVC; quote them."]
+        return [
+            problem
+            for (name, a), (_, b) in pairs
+            for problem in disagreements(a, b, f"{key}.{name}" if key else str(name))
+        ]
+    if isinstance(dvc, list) and isinstance(yaml_1_1, list) and len(dvc) == len(yaml_1_1):
+        return [
+            problem
+            for i, (a, b) in enumerate(zip(dvc, yaml_1_1, strict=True))
+            for problem in disagreements(a, b, f"{key}[{i}]")
+        ]
+    return [] if _same_value(dvc, yaml_1_1) else [_disagreement(key, dvc, yaml_1_1)]
+
+
 def read_params(path: Path = PARAMS_FILE) -> Any:
-    """Parse params.yaml (safely, refusing duplicate keys) without validating it."""
+    """Parse params.yaml as DVC does, without validating it.
+
+    The stages use DVC's reading, so they run with the values dvc.lock records. Any value that a
+    YAML 1.1 reader (PyYAML, and people used to it) would read otherwise is refused, naming the
+    key and the spelling to use; duplicate keys are refused too.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path} not found: run the stages from the repository root.") from None
     except UnicodeDecodeError as err:
         raise ParamsError(f"{path} is not UTF-8 text ({err}). Save it as UTF-8.") from None
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no Python objects
-    except yaml.YAMLError as err:
-        where = str(err).replace('"<unicode string>"', str(path))
-        raise ParamsError(f"{path} is not valid YAML: {where}") from None
+    yaml_1_1 = _parse_as_yaml_1_1(text, path)
+    if yaml_1_1 is None:
+        return None  # an empty file (DVC reads {}): validate says what it must hold
+    dvc = _parse_as_dvc(text, path)
+    problems = disagreements(dvc, yaml_1_1)
+    if problems:
+        raise ParamsError(
+            f"{path} has values that DVC reads differently:\n  - " + "\n  - ".join(problems)
+        )
+    return dvc
 
 
 def load_params(*sections: str, path: Path = PARAMS_FILE) -> dict[str, dict[str, Any]]:

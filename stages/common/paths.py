@@ -12,6 +12,9 @@ from pathlib import Path
 PARAMS_FILE = Path("params.yaml")
 SPLITS = ("train", "val", "test")
 
+# The canonical MNIST digits' identity (package, sha256): committed, a dep of split.
+MNIST_SET = Path("data/mnist.json")
+
 # split: the decoded images, one uint8 .npy per split, and what the split found.
 SPLIT_DIR = Path("data/split")
 CLASSES = SPLIT_DIR / "classes.json"
