@@ -203,3 +203,158 @@ def test_copies_and_features_do_not_depend_on_the_batch() -> None:
     extract.compute_features(tf, forward, strategy, images, 4, all_five)
     extract.compute_features(tf, forward, strategy, images[3:5], 4, first_two)
     np.testing.assert_array_equal(all_five[3:5], first_two)
+
+
+# End to end: a DVC-tracked folder that grows, with real `dvc repro`, `dvc exp run --temp` and
+# a second clone after `dvc push` / `dvc pull` (a local-directory remote).
+FOLDER_PARAMS = {
+    "data.source": "folder",
+    "data.folder": "data/raw",
+    "data.image_size": 32,
+    "data.max_per_class": None,
+    "data.crop": "none",
+    "data.normalise": "none",
+    "augment.copies": 1,
+    "extract.weights": "random",
+    "extract.layer": "conv2_block1_out",
+    "extract.batch_size": 16,
+}
+FIRST = {"a": 25, "b": 25, "c": 25, "d": 25}
+
+
+def write_photo(folder: Path, cls: str, i: int, name: str = "img") -> str:
+    """A distinct random 48 px PNG (seeded by class and number) as ``folder/<cls>/<name>_<i>.png``."""
+    from PIL import Image
+
+    seed = int.from_bytes(hashlib.sha256(f"{cls}{i}".encode()).digest()[:4], "big")
+    pixels = np.random.default_rng(seed).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    pixels[..., "abcd".index(cls) % 3] //= 2  # a little class signal
+    (folder / cls).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, mode="RGB").save(folder / cls / f"{name}_{i:03d}.png")
+    return f"{cls}/{name}_{i:03d}.png"
+
+
+def add_image(repo: Path, cls: str, i: int) -> str:
+    return write_photo(repo / "data" / "raw", cls, i, "new")
+
+
+def manifest(repo: Path) -> dict[str, str]:
+    """source -> split, from data/split/manifest.csv."""
+    import csv
+
+    rows = csv.DictReader((repo / paths.MANIFEST).read_text(encoding="utf-8").splitlines())
+    return {row["source"]: row["split"] for row in rows}
+
+
+def repro(repo: Path, *args: str) -> dict[str, int]:
+    run(["dvc", "add", "-q", "data/raw"], repo)
+    result = run(["dvc", "repro", *args, "extract"], repo)
+    return computed_counts(result.stdout + result.stderr)
+
+
+def split_metrics(repo: Path) -> dict:
+    import json
+
+    return json.loads((repo / paths.SPLIT_METRICS).read_text())
+
+
+def locked_outs(repo: Path) -> dict[str, str]:
+    import yaml
+
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    # metrics/split.json is left out: it says what changed since the previous run, by design.
+    return {
+        o["path"]: o["md5"]
+        for s in ("split", "augment", "extract")
+        for o in lock[s]["outs"]
+        if not o["path"].startswith("metrics/")
+    }
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scratch project whose images (4 classes x 25) are tracked by DVC, built and committed."""
+    from conftest import git_commit, scratch_repo
+
+    repo = scratch_repo(tmp_path_factory.mktemp("grow") / "repo", FOLDER_PARAMS)
+    for cls, n in FIRST.items():
+        for i in range(n):
+            write_photo(repo / "data" / "raw", cls, i)
+    run(["git", "rm", "-q", "data/raw/.gitkeep"], repo)
+    counts = repro(repo)
+    n_train = sum(1 for s in manifest(repo).values() if s == "train")
+    assert counts == {"split": 100, "augment": n_train, "extract": 100 + n_train}
+    assert split_metrics(repo)["added"] == 100
+    git_commit(repo, "first 100 images")
+    return repo
+
+
+@pytest.mark.slow
+def test_adding_one_percent_computes_only_the_new_image(grown: Path, tmp_path: Path) -> None:
+    before = manifest(grown)
+    fingerprint = split_metrics(grown)["test_fingerprint"]
+    new = add_image(grown, "a", 30)
+    counts = repro(grown)
+    after = manifest(grown)
+    assert {k: after[k] for k in before} == before  # no image moved
+    trained = after[new] == "train"
+    # augment runs only if the training images changed (DVC skips it otherwise).
+    assert counts.get("augment", 0) == int(trained)
+    assert (counts["split"], counts["extract"]) == (1, 1 + int(trained))
+    metrics = split_metrics(grown)
+    assert (metrics["added"], metrics["removed"], metrics["added_per_class"]["a"]) == (1, 0, 1)
+    assert (metrics["test_fingerprint"] == fingerprint) == (after[new] != "test")
+
+    # From scratch (no store: DVC's cache set aside) gives the same bytes and the same lock.
+    warm, warm_lock = outputs(grown), locked_outs(grown)
+    (grown / ".dvc" / "cache").rename(tmp_path / "cache-aside")
+    counts = repro(grown, "-f")
+    assert counts["split"] == 101
+    assert outputs(grown) == warm
+    assert locked_outs(grown) == warm_lock
+
+
+@pytest.mark.slow
+def test_removing_images_computes_nothing_and_moves_nothing(grown: Path) -> None:
+    before = manifest(grown)
+    removed = ["b/img_003.png", "c/img_010.png", "d/img_020.png"]
+    for name in removed:
+        (grown / "data" / "raw" / name).unlink()
+    counts = repro(grown)
+    assert set(counts.values()) == {0}
+    after = manifest(grown)
+    assert after == {k: v for k, v in before.items() if k not in removed}
+    assert split_metrics(grown)["removed"] == 3
+
+
+@pytest.mark.slow
+def test_a_temp_experiment_reuses_the_stored_features(grown: Path, tmp_path: Path) -> None:
+    from conftest import git_commit
+
+    git_commit(grown, "101 - 3 images")
+    new = add_image(grown, "b", 40)
+    run(["dvc", "add", "-q", "data/raw"], grown)
+    result = run(["dvc", "exp", "run", "--temp", "extract"], grown)
+    counts = computed_counts(result.stdout + result.stderr)
+    assert counts["split"] == 1 and counts["extract"] in (1, 2), result.stdout[-3000:]
+    del new
+
+
+@pytest.mark.slow
+def test_a_second_clone_reuses_the_pushed_features(grown: Path, tmp_path: Path) -> None:
+    from conftest import git_commit
+
+    run(["dvc", "remote", "add", "-d", "local", str(tmp_path / "remote")], grown)
+    repro(grown)
+    git_commit(grown, "102 images, a local remote")
+    run(["dvc", "push", "-q"], grown)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(grown), str(clone)], tmp_path)
+    # The scratch copy's dvc.lock also names later stages' outputs, never built here.
+    run(["dvc", "pull", "-q", "--with-deps", "extract"], clone)
+    before = manifest(clone)
+    add_image(clone, "c", 50)
+    counts = repro(clone)
+    assert counts["split"] == 1 and counts["extract"] in (1, 2)
+    after = manifest(clone)
+    assert {k: after[k] for k in before} == before
