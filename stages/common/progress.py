@@ -5,19 +5,25 @@ from __future__ import annotations
 import sys
 import time
 
+LOG_FROM = 1000  # images: in a log (not a terminal), shorter loops print no progress at all
+
 
 class Progress:
-    """``label: done/total images (pct) elapsed``, redrawn on a terminal, a line now and then in a log."""
+    """``label: done/total images (pct) elapsed`` on stdout (as Keras' Progbar): redrawn on a
+    terminal, a line every 10 s in a log (loops of ``LOG_FROM`` images or more only)."""
 
     def __init__(self, total: int, label: str, stream=None) -> None:
         self.total, self.label, self.done = total, label, 0
-        self.stream = stream or sys.stderr
+        self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
+        self.quiet = not self.tty and total < LOG_FROM
         self.start = self.shown = time.perf_counter()
 
     def add(self, n: int) -> None:
         self.done += n
         now = time.perf_counter()
+        if self.quiet:
+            return
         if self.done >= self.total or now - self.shown >= (0.2 if self.tty else 10.0):
             self.shown = now
             self._draw(now)
