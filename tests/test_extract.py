@@ -267,7 +267,11 @@ def test_stage_writes_the_same_files_and_predict_reproduces_them(tmp_path):
 
     features = tmp_path / paths.FEATURES_DIR
     assert sorted(p.name for p in features.iterdir()) == sorted(
-        [f"{s}_{kind}.npy" for s in ("train", "val", "test") for kind in ("features", "labels")]
+        [
+            f"{s}_{kind}.npy"
+            for s in ("train", "val", "test")
+            for kind in ("features", "labels", "index")  # index: the store's (store.py)
+        ]
         + ["info.json"]
     )
     counts = {"train": 18, "val": 5, "test": 4}
