@@ -329,33 +329,34 @@ def extract_all(
         paths.FEATURES_DIR,
         [(paths.features_index(s).name, paths.features(s).name) for s in paths.SPLITS],
     )
-    arrays = {s: [load_npy(path, mmap=True) for path in sources(s)] for s in paths.SPLITS}
-    keys = {s: np.concatenate([content_keys(a, salt) for a in arrays[s]]) for s in paths.SPLITS}
+    arrays = [load_npy(path, mmap=True) for s in paths.SPLITS for path in sources(s)]
+    sizes = {s: sum(len(load_npy(p, mmap=True)) for p in sources(s)) for s in paths.SPLITS}
+    keys = np.concatenate([content_keys(a, salt) for a in arrays])
+    # One stream of the missing images of every split: one padded batch at most, in all.
+    todo, position = first_of_each(keys, missing_rows(store, keys))
     dim = int(model.output_shape[-1])
-    counts, computed_total = {}, 0
-    for split in paths.SPLITS:
-        todo, position = first_of_each(keys[split], missing_rows(store, keys[split]))
-        computed_total += len(todo)
-        with scratch_path(paths.FEATURES_DIR, ".npy") as scratch:
-            computed = np.zeros((0, dim), dtype=np.float32)
-            if len(todo):
-                computed = np.lib.format.open_memmap(
-                    scratch, mode="w+", dtype=np.float32, shape=(len(todo), dim)
-                )
-                progress = keras.utils.Progbar(len(todo), unit_name="image")
-                images = Rows([a for a in arrays[split] if len(a)], todo)
-                compute_features(tf, forward, strategy, images, batch_size, computed, progress)
-            total = len(keys[split])
-            with npy_writer(paths.features(split), (total, dim), np.float32) as out:
-                index = assemble(out, keys[split], store, computed, position)
-            del computed
-        save_npy(paths.features_index(split), index)
-        labels = np.concatenate([load_npy(path) for path in label_sources(split)])
-        save_npy(paths.feature_labels(split), labels)
-        counts[split] = total
-    total = sum(counts.values())
-    print(f"extract: computed {computed_total} image(s), {total - computed_total} from the store")
-    return counts
+    with scratch_path(paths.FEATURES_DIR, ".npy") as scratch:
+        computed = np.zeros((0, dim), dtype=np.float32)
+        if len(todo):
+            computed = np.lib.format.open_memmap(
+                scratch, mode="w+", dtype=np.float32, shape=(len(todo), dim)
+            )
+            progress = keras.utils.Progbar(len(todo), unit_name="image")
+            images = Rows([a for a in arrays if len(a)], todo)
+            compute_features(tf, forward, strategy, images, batch_size, computed, progress)
+        lo = 0
+        for split in paths.SPLITS:
+            split_keys = keys[lo : lo + sizes[split]]
+            lo += sizes[split]
+            with npy_writer(paths.features(split), (len(split_keys), dim), np.float32) as out:
+                index = assemble(out, split_keys, store, computed, position)
+            save_npy(paths.features_index(split), index)
+            labels = np.concatenate([load_npy(path) for path in label_sources(split)])
+            save_npy(paths.feature_labels(split), labels)
+        del computed
+    total = len(keys)
+    print(f"extract: computed {len(todo)} image(s), {total - len(todo)} from the store")
+    return sizes
 
 
 def main() -> None:
