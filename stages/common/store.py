@@ -99,8 +99,9 @@ def _cache_object(cache: Path, md5: str, legacy: bool) -> Path:
 
 
 def locked_output_files(stage: str, out: str | Path) -> dict[str, Path]:
-    """relpath -> cached file of the directory output ``out`` of ``stage`` as ``dvc.lock`` has it.
+    """relpath -> cached file of the output ``out`` of ``stage`` as ``dvc.lock`` has it.
 
+    A directory output gives its files; a file output gives ``{its name: the cached file}``.
     Empty when there is no lock, no such entry, or its objects are not in the cache (never
     pulled, garbage-collected): the store is then cold, which costs time only.
     """
@@ -112,6 +113,9 @@ def locked_output_files(stage: str, out: str | Path) -> dict[str, Path]:
         md5 = entry["md5"]
         legacy = entry.get("hash") != "md5"
         cache = dvc_cache_dir()
+        if not md5.endswith(".dir"):
+            found = _cache_object(cache, md5, legacy)
+            return {Path(out).name: found} if found.is_file() else {}
         listing = json.loads(_cache_object(cache, md5, legacy).read_text(encoding="utf-8"))
         files = {item["relpath"]: _cache_object(cache, item["md5"], legacy) for item in listing}
     except (OSError, KeyError, StopIteration, TypeError, ValueError, ImportError) as err:
