@@ -16,7 +16,14 @@ Memory stays flat however many images there are: features are written batch by b
 memory-mapped ``.npy`` files, and the pages of both the images read and the features written
 are released as soon as each batch is done.
 
-Outputs: ``data/features/{train,val,test}_{features,labels}.npy`` (train = split's training
+Each image is computed once: the features of images whose key (their pixels, the extract params,
+the weights' sha256, device and code; ``feature_salt``) is in the previous run's outputs are
+copied from there after a check (stages/common/store.py), and only the others go through
+``compute_features``, in batches of exactly ``extract.batch_size`` (``padded_batches``), so an
+image's features never depend on which images shared its batch: a warm run writes the same
+bytes as one from scratch.
+
+Outputs: ``data/features/{train,val,test}_{features,labels,index}.npy`` (train = split's training
 images, then the augmented copies), ``data/features/info.json`` (weights, layer, shapes), and
 ``models/feature_extractor.keras`` (the model that made the features, for predict).
 """
