@@ -1,11 +1,16 @@
 """Stage 2, augment: write ``augment.copies`` seeded augmented variants of each training image.
 
-Validation and test images are never augmented. The transformations are Keras preprocessing
-layers (RandomRotation, RandomTranslation, RandomZoom, and for photo-like lighting
-RandomBrightness and RandomContrast); borders are filled with the nearest edge pixel, so paper
-stays paper. A factor of 0 leaves its layer out.
+Validation and test images are never augmented. Each copy is a random rotation, translation
+and zoom (one affine map, borders filled with the nearest edge pixel, so paper stays paper),
+then for photo-like lighting a random brightness shift and contrast change; a factor of 0 leaves
+its part out. The random numbers of copy ``c`` of an image come from a generator seeded by a
+hash of (the image's content, ``c``, the ``augment.*`` params, this code), and each image is
+transformed on its own (no statistic over a batch), so a copy never changes when other images
+are added, removed or batched differently. A later run therefore computes only the copies of
+new images and copies the rest from the previous run's outputs (stages/common/store.py).
 
-Outputs (``data/augmented/``): ``images.npy`` (copies x train images, uint8) and ``labels.npy``.
+Outputs (``data/augmented/``): ``images.npy`` (copies x train images, uint8, copy-major),
+``labels.npy``, and ``index.npy`` (each row's key and check, for later runs).
 """
 
 from __future__ import annotations
@@ -16,31 +21,108 @@ import numpy as np
 
 from stages.common import paths
 from stages.common.errors import run_stage
-from stages.common.io import load_npy, npy_writer, save_npy
+from stages.common.io import load_npy, npy_writer, save_npy, scratch_path
 from stages.common.params import load_params
+from stages.common.store import (
+    Store,
+    assemble,
+    code_digest,
+    content_keys,
+    digest,
+    first_of_each,
+    missing_rows,
+)
 from stages.common.tf import setup_keras
 
 # What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
 READS = (paths.split_images("train"), paths.split_labels("train"))
 WRITES = (paths.AUGMENTED_DIR,)
 
+FACTORS = ("rotation", "translation", "zoom", "brightness", "contrast")
 
-def build_augmenter(keras, augment: dict):
-    """The random transformations, as one Keras model of preprocessing layers."""
-    seed = augment["seed"]
-    layers = [
-        keras.layers.RandomRotation(augment["rotation"], fill_mode="nearest", seed=seed),
-        keras.layers.RandomTranslation(
-            augment["translation"], augment["translation"], fill_mode="nearest", seed=seed + 1
-        ),
-        keras.layers.RandomZoom(augment["zoom"], fill_mode="nearest", seed=seed + 2),
-        keras.layers.RandomBrightness(augment["brightness"], value_range=(0, 255), seed=seed + 3),
-        keras.layers.RandomContrast(augment["contrast"], value_range=(0, 255), seed=seed + 4),
-    ]
-    factors = ("rotation", "translation", "zoom", "brightness", "contrast")
-    return keras.Sequential(
-        [layer for layer, factor in zip(layers, factors, strict=True) if augment[factor] > 0]
+
+def augment_salt(augment: dict) -> bytes:
+    """What, besides an image and the copy index, decides a copy (batch_size does not)."""
+    settings = {k: augment[k] for k in ("seed", *FACTORS)}
+    return digest("augment", settings, code_digest(__file__))
+
+
+def copy_keys(salt: bytes, image_keys: np.ndarray, copies: int) -> np.ndarray:
+    """(copies * n, 32) keys of the output rows, copy-major: hash(salt, image content, copy)."""
+    keys = np.empty((copies * len(image_keys), 32), dtype=np.uint8)
+    for c in range(copies):
+        for i, key in enumerate(image_keys):
+            keys[c * len(image_keys) + i] = np.frombuffer(
+                digest(salt, key.tobytes(), c), dtype=np.uint8
+            )
+    return keys
+
+
+def draw(key: bytes, augment: dict, size: int) -> tuple[np.ndarray, float, float]:
+    """One copy's random transform, from its key: (affine map (8,), brightness delta, contrast).
+
+    The affine map sends an output pixel to where it is read in the input (Keras'
+    ``affine_transform`` convention): rotate by up to ``rotation`` of a full turn, scale by
+    ``1 +- zoom`` and shift by up to ``translation`` of the side, about the image centre.
+    """
+    rng = np.random.default_rng(np.frombuffer(key[:16], dtype=np.uint64))
+    u = rng.uniform(-1.0, 1.0, size=6)  # always six numbers, whatever is switched off
+    angle = u[0] * augment["rotation"] * 2 * np.pi
+    zoom = 1.0 + u[1] * augment["zoom"]
+    dx, dy = u[2] * augment["translation"] * size, u[3] * augment["translation"] * size
+    brightness = u[4] * augment["brightness"] * 255.0
+    contrast = 1.0 + u[5] * augment["contrast"]
+    c = (size - 1) / 2.0
+    cos, sin = zoom * np.cos(angle), zoom * np.sin(angle)
+    transform = np.array(
+        [
+            cos,
+            -sin,
+            c - cos * (c + dx) + sin * (c + dy),
+            sin,
+            cos,
+            c - sin * (c + dx) - cos * (c + dy),
+            0.0,
+            0.0,
+        ],
+        dtype=np.float32,
     )
+    return transform, brightness, contrast
+
+
+def augment_batch(keras, images: np.ndarray, keys: np.ndarray, augment: dict) -> np.ndarray:
+    """The copies with ``keys`` of ``images`` (uint8, one row each), each image on its own."""
+    size = images.shape[1]
+    drawn = [draw(key.tobytes(), augment, size) for key in keys]
+    transforms = np.stack([t for t, _, _ in drawn])
+    x = images.astype(np.float32)
+    if any(augment[f] > 0 for f in ("rotation", "translation", "zoom")):
+        x = keras.ops.convert_to_numpy(
+            keras.ops.image.affine_transform(
+                x, transforms, interpolation="bilinear", fill_mode="nearest"
+            )
+        )
+    for i, (_, brightness, contrast) in enumerate(drawn):
+        if augment["contrast"] > 0:
+            mean = x[i].mean(axis=(0, 1), keepdims=True)
+            x[i] = (x[i] - mean) * np.float32(contrast) + mean
+        if augment["brightness"] > 0:
+            x[i] += np.float32(brightness)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def compute_copies(
+    augment: dict, images: np.ndarray, keys: np.ndarray, todo: np.ndarray, out: np.ndarray
+) -> None:
+    """Write the copies of output rows ``todo`` (copy-major numbering) into ``out``, in order."""
+    keras = setup_keras(augment["seed"])
+    batch, n = augment["batch_size"], len(images)
+    progress = keras.utils.Progbar(len(todo), unit_name="image")
+    for lo in range(0, len(todo), batch):
+        rows = todo[lo : lo + batch]
+        source = np.asarray(images[rows % n])
+        out[lo : lo + len(rows)] = augment_batch(keras, source, keys[rows], augment)
+        progress.add(len(rows))
 
 
 def main() -> None:
@@ -48,24 +130,29 @@ def main() -> None:
     start = time.perf_counter()
     images = load_npy(paths.split_images("train"), mmap=True)
     labels = load_npy(paths.split_labels("train"))
-    copies, batch = augment["copies"], augment["batch_size"]
-    n = len(images)
-    with npy_writer(paths.AUGMENTED_IMAGES, (copies * n, *images.shape[1:]), np.uint8) as out:
-        if copies:
-            keras = setup_keras(augment["seed"])
-            augmenter = build_augmenter(keras, augment)
-            progress = keras.utils.Progbar(copies * n, unit_name="image")
-            for copy in range(copies):
-                for lo in range(0, n, batch):
-                    x = np.asarray(images[lo : lo + batch], dtype=np.float32)
-                    y = keras.ops.convert_to_numpy(augmenter(x, training=True))
-                    out[copy * n + lo : copy * n + lo + len(x)] = np.clip(
-                        np.rint(y), 0, 255
-                    ).astype(np.uint8)
-                    progress.add(len(x))
+    copies, n = augment["copies"], len(images)
+    keys = copy_keys(augment_salt(augment), content_keys(images, b"image"), copies)
+    store = Store()
+    store.add_outputs(
+        "augment", paths.AUGMENTED_DIR, [(paths.AUGMENTED_INDEX.name, paths.AUGMENTED_IMAGES.name)]
+    )
+    todo, position = first_of_each(keys, missing_rows(store, keys))
+    shape = (copies * n, *images.shape[1:])
+    with scratch_path(paths.AUGMENTED_DIR, ".npy") as scratch:
+        computed = np.zeros((0, *images.shape[1:]), dtype=np.uint8)
+        if len(todo):
+            computed = np.lib.format.open_memmap(
+                scratch, mode="w+", dtype=np.uint8, shape=(len(todo), *images.shape[1:])
+            )
+            compute_copies(augment, images, keys, todo, computed)
+        with npy_writer(paths.AUGMENTED_IMAGES, shape, np.uint8) as out:
+            index = assemble(out, keys, store, computed, position)
+        del computed
+    save_npy(paths.AUGMENTED_INDEX, index)
     save_npy(paths.AUGMENTED_LABELS, np.tile(labels, copies))
     print(
-        f"augment: wrote {paths.AUGMENTED_DIR}/ ({copies} copies x {n} training images = {copies * n} images) "
+        f"augment: computed {len(todo)} image(s), {len(keys) - len(todo)} from the store; wrote "
+        f"{paths.AUGMENTED_DIR}/ ({copies} copies x {n} training images = {copies * n} images) "
         f"in {time.perf_counter() - start:.1f}s"
     )
 

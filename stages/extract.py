@@ -16,7 +16,14 @@ Memory stays flat however many images there are: features are written batch by b
 memory-mapped ``.npy`` files, and the pages of both the images read and the features written
 are released as soon as each batch is done.
 
-Outputs: ``data/features/{train,val,test}_{features,labels}.npy`` (train = split's training
+Each image is computed once: the features of images whose key (their pixels, the extract params,
+the weights' sha256, device and code; ``feature_salt``) is in the previous run's outputs are
+copied from there after a check (stages/common/store.py), and only the others go through
+``compute_features``, in batches of exactly ``extract.batch_size`` (``padded_batches``), so an
+image's features never depend on which images shared its batch: a warm run writes the same
+bytes as one from scratch.
+
+Outputs: ``data/features/{train,val,test}_{features,labels,index}.npy`` (train = split's training
 images, then the augmented copies), ``data/features/info.json`` (weights, layer, shapes), and
 ``models/feature_extractor.keras`` (the model that made the features, for predict).
 """
@@ -34,8 +41,24 @@ import numpy as np
 from stages.common import paths
 from stages.common.errors import run_stage
 from stages.common.images import to_model_input
-from stages.common.io import load_npy, npy_writer, save_model, save_npy, write_json
+from stages.common.io import (
+    load_npy,
+    npy_writer,
+    save_model,
+    save_npy,
+    scratch_path,
+    write_json,
+)
 from stages.common.params import load_params
+from stages.common.store import (
+    Store,
+    assemble,
+    code_digest,
+    content_keys,
+    digest,
+    first_of_each,
+    missing_rows,
+)
 from stages.common.tf import setup_keras
 from stages.common.weights import load_resnet50
 
@@ -182,32 +205,59 @@ def release_rows(array: np.memmap, lo: int, hi: int) -> None:
         array.base.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
-def image_batches(arrays: Sequence[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
-    """Consecutive batches of ``batch_size`` images across ``arrays`` (the last may be smaller)."""
-    pending: list[np.ndarray] = []
-    filled = 0
-    for images in arrays:
-        lo = 0
-        while lo < len(images):
-            part = np.array(images[lo : lo + batch_size - filled])
-            if isinstance(images, np.memmap):
-                release_rows(images, lo, lo + len(part))
-            pending.append(part)
-            filled += len(part)
-            lo += len(part)
-            if filled == batch_size:
-                yield np.concatenate(pending) if len(pending) > 1 else pending[0]
-                pending, filled = [], 0
-    if pending:
-        yield np.concatenate(pending)
+def padded_batches(images, batch_size: int) -> Iterator[np.ndarray]:
+    """Batches of exactly ``batch_size`` rows of ``images``, the last one padded with black images.
+
+    Every forward pass then has the same shape, so an image's features never depend on how many
+    other images shared its batch (kernels may choose their algorithm by the batch shape); the
+    padding's features are dropped by ``compute_features``.
+    """
+    for lo in range(0, len(images), batch_size):
+        batch = np.asarray(images[lo : lo + batch_size])
+        if isinstance(images, np.memmap):
+            release_rows(images, lo, lo + len(batch))
+        if len(batch) < batch_size:
+            pad = np.zeros((batch_size - len(batch), *batch.shape[1:]), dtype=batch.dtype)
+            batch = np.concatenate([batch, pad])
+        yield batch
 
 
-def image_dataset(tf, arrays: Sequence[np.ndarray], batch_size: int, strategy):
-    """uint8 image batches as a prefetching ``tf.data`` pipeline (split over replicas, if any)."""
-    shape = arrays[0].shape[1:]
+class Rows:
+    """Chosen rows of several image arrays, read as one array (``len``, ``shape``, slices)."""
+
+    def __init__(self, arrays: Sequence[np.ndarray], rows: np.ndarray) -> None:
+        self.arrays, self.rows = arrays, np.asarray(rows, dtype=np.int64)
+        self.starts = np.cumsum([0] + [len(a) for a in arrays])
+        self.shape = (len(self.rows), *arrays[0].shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, where: slice) -> np.ndarray:
+        rows = self.rows[where]
+        out = np.empty((len(rows), *self.shape[1:]), dtype=np.uint8)
+        which = np.searchsorted(self.starts, rows, side="right") - 1
+        for a in np.unique(which):
+            mask = which == a
+            array = self.arrays[a]
+            local = rows[mask] - self.starts[a]
+            out[mask] = array[local]
+            if isinstance(array, np.memmap) and len(local):
+                release_rows(array, int(local.min()), int(local.max()) + 1)
+        return out
+
+
+def image_dataset(tf, images, batch_size: int, strategy):
+    """``padded_batches`` of ``images`` as a prefetching ``tf.data`` pipeline (split over replicas).
+
+    ``images``: one array-like, or a list of arrays read one after the other.
+    """
+    if isinstance(images, list | tuple):
+        arrays = [a for a in images if len(a)] or list(images[:1])
+        images = Rows(arrays, np.arange(sum(len(a) for a in arrays)))
     dataset = tf.data.Dataset.from_generator(
-        lambda: image_batches(arrays, batch_size),
-        output_signature=tf.TensorSpec((None, *shape), tf.uint8),
+        lambda: padded_batches(images, batch_size),
+        output_signature=tf.TensorSpec((batch_size, *images.shape[1:]), tf.uint8),
     )
     if strategy.num_replicas_in_sync > 1:
         # A dataset batched by tf.data itself is what the strategy knows how to split.
@@ -216,11 +266,28 @@ def image_dataset(tf, arrays: Sequence[np.ndarray], batch_size: int, strategy):
     return dataset.prefetch(2)
 
 
+def compute_features(
+    tf, forward: Callable, strategy, images, batch_size: int, out: np.ndarray, progress=None
+) -> None:
+    """Features of ``images`` ((N, H, W, 3) uint8, anything that slices) into ``out`` (N, D).
+
+    The one place features are computed (an alternative engine keeps this contract): batches of
+    exactly ``batch_size`` per replica (``padded_batches``), the padding dropped.
+    """
+    if not len(images):
+        return
+    dataset = image_dataset(tf, images, batch_size * strategy.num_replicas_in_sync, strategy)
+    write_features(forward, dataset, out, progress)
+
+
 def write_features(forward: Callable, dataset, out: np.ndarray, progress=None) -> None:
-    """Run ``forward`` over every batch of ``dataset`` into the rows of ``out``, in order."""
+    """Run ``forward`` over every batch of ``dataset`` into the rows of ``out``, in order.
+
+    Rows past ``len(out)`` (the last batch's padding) are dropped.
+    """
     row = 0
     for images in dataset:
-        features = forward(images).numpy()
+        features = forward(images).numpy()[: len(out) - row]
         out[row : row + len(features)] = features
         if isinstance(out, np.memmap):
             release_rows(out, row, row + len(features))
@@ -244,20 +311,59 @@ def label_sources(split: str) -> list[Path]:
     return [paths.split_labels(split)]
 
 
-def extract_split(keras, tf, model, forward, strategy, split: str, batch_size: int) -> int:
-    """Stream one split's images through the model into ``{split}_features.npy``."""
-    arrays = [a for a in (load_npy(path, mmap=True) for path in sources(split)) if len(a)]
-    total = sum(len(a) for a in arrays)
-    progress = keras.utils.Progbar(total, unit_name="image")
-    with npy_writer(paths.features(split), (total, model.output_shape[-1]), np.float32) as out:
-        if total:
-            dataset = image_dataset(
-                tf, arrays, batch_size * strategy.num_replicas_in_sync, strategy
+def feature_salt(extract: dict, info, image_size: int, where: str) -> bytes:
+    """Everything besides an image's pixels that decides its features (the store's key)."""
+    import tensorflow as tf
+
+    settings = {k: extract[k] for k in ("layer", "pooling", "precision", "batch_size")}
+    here = Path(__file__).parent
+    code = code_digest(
+        __file__,
+        here / "common" / "images.py",
+        here / "common" / "resnet50.py",
+        here / "common" / "weights.py",
+    )
+    return digest("extract", settings, info.sha256, image_size, where, tf.__version__, code)
+
+
+def extract_all(
+    keras, tf, model, forward, strategy, batch_size: int, salt: bytes
+) -> dict[str, int]:
+    """Every split's features: computed for images the store lacks, copied for the rest."""
+    store = Store()
+    store.add_outputs(
+        "extract",
+        paths.FEATURES_DIR,
+        [(paths.features_index(s).name, paths.features(s).name) for s in paths.SPLITS],
+    )
+    arrays = [load_npy(path, mmap=True) for s in paths.SPLITS for path in sources(s)]
+    sizes = {s: sum(len(load_npy(p, mmap=True)) for p in sources(s)) for s in paths.SPLITS}
+    keys = np.concatenate([content_keys(a, salt) for a in arrays])
+    # One stream of the missing images of every split: one padded batch at most, in all.
+    todo, position = first_of_each(keys, missing_rows(store, keys))
+    dim = int(model.output_shape[-1])
+    with scratch_path(paths.FEATURES_DIR, ".npy") as scratch:
+        computed = np.zeros((0, dim), dtype=np.float32)
+        if len(todo):
+            computed = np.lib.format.open_memmap(
+                scratch, mode="w+", dtype=np.float32, shape=(len(todo), dim)
             )
-            write_features(forward, dataset, out, progress)
-    labels = np.concatenate([load_npy(path) for path in label_sources(split)])
-    save_npy(paths.feature_labels(split), labels)
-    return total
+            progress = keras.utils.Progbar(len(todo), unit_name="image")
+            images = Rows([a for a in arrays if len(a)], todo)
+            compute_features(tf, forward, strategy, images, batch_size, computed, progress)
+        lo = 0
+        for split in paths.SPLITS:
+            split_keys = keys[lo : lo + sizes[split]]
+            lo += sizes[split]
+            with npy_writer(paths.features(split), (len(split_keys), dim), np.float32) as out:
+                index = assemble(out, split_keys, store, computed, position)
+            save_npy(paths.features_index(split), index)
+            labels = np.concatenate([load_npy(path) for path in label_sources(split)])
+            save_npy(paths.feature_labels(split), labels)
+        del computed
+    total = len(keys)
+    print(f"extract: computed {len(todo)} image(s), {total - len(todo)} from the store")
+    return sizes
 
 
 def main() -> None:
@@ -284,11 +390,8 @@ def main() -> None:
         f"extract: ResNet50 weights {info.spec} ({info.source}), sha256 {info.sha256[:16]}..., "
         f"{extract['precision']} on {where}"
     )
-    counts = {}
-    for split in paths.SPLITS:
-        counts[split] = extract_split(
-            keras, tf, model, forward, strategy, split, extract["batch_size"]
-        )
+    salt = feature_salt(extract, info, image_size, where)
+    counts = extract_all(keras, tf, model, forward, strategy, extract["batch_size"], salt)
     dim = int(model.output_shape[-1])
     save_model(model, paths.EXTRACTOR)
     write_json(

@@ -99,12 +99,16 @@ def test_streamed_features_equal_plain_predict(tmp_path, weights_file, pooling, 
     assert_same_features(got, plain_features(keras, p, np.concatenate([first, second])))
 
 
-def test_image_batches_cross_arrays_in_order(tmp_path):
+def test_padded_batches_cross_arrays_in_order_and_all_have_the_batch_size(tmp_path):
     save_npy(tmp_path / "a.npy", images(5, seed=3))
-    arrays = [load_npy(tmp_path / "a.npy", mmap=True), images(7, seed=4)]
-    batches = list(extract.image_batches(arrays, 4))
+    arrays = [load_npy(tmp_path / "a.npy", mmap=True), images(6, seed=4)]
+    rows = extract.Rows(arrays, np.arange(11))
+    batches = list(extract.padded_batches(rows, 4))
     assert [len(b) for b in batches] == [4, 4, 4]
-    np.testing.assert_array_equal(np.concatenate(batches), np.concatenate(arrays))
+    np.testing.assert_array_equal(np.concatenate(batches)[:11], np.concatenate(arrays))
+    assert not np.concatenate(batches)[11:].any()  # the padding is black
+    picked = extract.Rows(arrays, np.array([7, 0, 10]))
+    np.testing.assert_array_equal(picked[0:3], np.concatenate(arrays)[[7, 0, 10]])
 
 
 def test_released_rows_keep_their_data(tmp_path):
@@ -263,7 +267,11 @@ def test_stage_writes_the_same_files_and_predict_reproduces_them(tmp_path):
 
     features = tmp_path / paths.FEATURES_DIR
     assert sorted(p.name for p in features.iterdir()) == sorted(
-        [f"{s}_{kind}.npy" for s in ("train", "val", "test") for kind in ("features", "labels")]
+        [
+            f"{s}_{kind}.npy"
+            for s in ("train", "val", "test")
+            for kind in ("features", "labels", "index")  # index: the store's (store.py)
+        ]
         + ["info.json"]
     )
     counts = {"train": 18, "val": 5, "test": 4}

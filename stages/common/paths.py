@@ -22,11 +22,14 @@ MANIFEST = SPLIT_DIR / "manifest.csv"
 SPLIT_REPORT = SPLIT_DIR / "report.json"
 TEST_ORIGINALS = SPLIT_DIR / "test_originals.npy"  # small views of the test images' files
 PREP = SPLIT_DIR / "prep.json"  # the ImagePrep used: predict prepares new images the same way
+# Each array's index: per row its key and check (stages/common/store.py), for later runs.
+TEST_ORIGINALS_INDEX = SPLIT_DIR / "test_originals_index.npy"
 
 # augment: the augmented copies of the training images.
 AUGMENTED_DIR = Path("data/augmented")
 AUGMENTED_IMAGES = AUGMENTED_DIR / "images.npy"
 AUGMENTED_LABELS = AUGMENTED_DIR / "labels.npy"
+AUGMENTED_INDEX = AUGMENTED_DIR / "index.npy"
 
 # extract: pooled ResNet50 features per split, and which weights and layer made them.
 FEATURES_DIR = Path("data/features")
@@ -51,6 +54,7 @@ EXPORT_TFLITE = EXPORT_DIR / "classifier.tflite"
 
 METRICS_DIR = Path("metrics")
 METRICS = METRICS_DIR / "metrics.json"  # evaluate
+SPLIT_METRICS = METRICS_DIR / "split.json"  # split: images added/removed, test-set fingerprint
 BASELINES_PIXELS = METRICS_DIR / "baselines_pixels.json"  # baselines_pixels
 BASELINES_FEATURES = METRICS_DIR / "baselines_features.json"  # baselines_features
 EXPORT_METRICS = METRICS_DIR / "export.json"  # export
@@ -75,6 +79,14 @@ def split_images(split: str) -> Path:
 
 def split_labels(split: str) -> Path:
     return SPLIT_DIR / f"{split}_labels.npy"
+
+
+def split_index(split: str) -> Path:
+    return SPLIT_DIR / f"{split}_index.npy"
+
+
+def features_index(split: str) -> Path:
+    return FEATURES_DIR / f"{split}_index.npy"
 
 
 def features(split: str) -> Path:
