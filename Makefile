@@ -17,6 +17,7 @@ setup: $(BIN)/python
 	$(BIN)/pip install -q -r $(REQUIREMENTS) -r requirements-dev.txt
 
 run: setup
+	$(BIN)/python -m stages.split --check
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 # The try-it page on http://127.0.0.1:8000/ (exports the model first if needed; SERVE_ARGS="--port 9000").
