@@ -41,6 +41,10 @@ def remove_leftovers(directory: Path, prefix: str) -> None:
             stale.unlink(missing_ok=True)
 
 
+def size_text(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{max(1, round(n / 1e3)):,} kB"
+
+
 def free_bytes(directory: Path) -> int | None:
     try:
         return shutil.disk_usage(directory).free
@@ -52,8 +56,8 @@ def no_room_error(path: Path, err: OSError, needed: int | None = None) -> Pipeli
     """The one-line error for a write that found no room: the path, the space it needs (when
     known) and what is free there."""
     free = free_bytes(path.parent)
-    need = f"it needs {needed / 1e6:,.1f} MB" if needed else "it needs more room"
-    have = f", {free / 1e6:,.1f} MB are free there" if free is not None else ""
+    need = f"it needs {size_text(needed)}" if needed else "it needs more room"
+    have = f", {size_text(free)} are free there" if free is not None else ""
     return PipelineError(
         f"cannot write '{path}': {err.strerror or err} ({need}{have}). Nothing was left half-"
         "written and earlier outputs are as they were; free some space (or raise the file-size "
@@ -68,8 +72,8 @@ def check_room(directory: str | Path, needed: int, what: str) -> None:
     free = free_bytes(directory)
     if free is not None and free < needed:
         raise PipelineError(
-            f"not enough space in '{directory}' for {what}: it needs {needed / 1e6:,.1f} MB, "
-            f"{free / 1e6:,.1f} MB are free there. Nothing was written; free some space (or move "
+            f"not enough space in '{directory}' for {what}: it needs {size_text(needed)}, "
+            f"{size_text(free)} are free there. Nothing was written; free some space (or move "
             "the repository to a larger disk) and run again."
         )
 
