@@ -398,7 +398,7 @@ def check() -> None:
         return
     found = unhashable_entries(data["folder"])
     if found:
-        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        shown = ", ".join(found[:10]) + (f" and {len(found) - 10} more" if len(found) > 10 else "")
         raise PipelineError(
             f"data.folder '{data['folder']}' holds {len(found)} entr(y/ies) that DVC cannot hash "
             f"(it reads the folder before split runs, and would hang on a FIFO or stop): {shown}. "
