@@ -382,6 +382,9 @@ class Handler(BaseHTTPRequestHandler):
         return self.server_version  # no Python version for visitors
 
     timeout = READ_TIMEOUT_S  # each read; a client that stops sending is dropped
+    # Answer even a malformed request line with a status line and headers (the base class
+    # would send an HTTP/0.9 body alone, without the security headers).
+    default_request_version = "HTTP/1.0"
     classifier: Classifier
     page: bytes
     max_upload: int
