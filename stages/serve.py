@@ -512,6 +512,22 @@ class Handler(BaseHTTPRequestHandler):
         """Answer without reading (the rest of) the body, then close the connection."""
         self.close_connection = True
         self.send_json(status, {"error": message}, close=True)
+        self.linger()
+
+    def linger(self, seconds: float = 1.0, most: int = 1 << 20) -> None:
+        """Half-close, then read and drop what the client is still sending (a moment, a
+        megabyte at most) before closing: closing on unread data would reset the connection,
+        and the client could lose the answer before reading it."""
+        with contextlib.suppress(OSError):
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(seconds)
+            deadline, read = time.monotonic() + seconds, 0
+            while read < most and time.monotonic() < deadline:
+                chunk = self.connection.recv(1 << 16)
+                if not chunk:
+                    break
+                read += len(chunk)
 
     def send_json(self, status: HTTPStatus, payload: dict, close: bool = False) -> None:
         body = json.dumps(payload).encode("utf-8")
