@@ -406,7 +406,7 @@ def test_sigterm_and_sighup_under_load_stop_like_ctrl_c(shipped_repo, tmp_path, 
     with ThreadPoolExecutor(n) as pool:
         futures = [pool.submit(one, i) for i in range(n)]
         gate.wait(timeout=60)
-        time.sleep(1.0)  # all connected and sent; one decodes, the others wait for memory
+        time.sleep(2.0)  # all connected and sent; one decodes, the others wait for memory
         server.process.send_signal(sig)
         answers = [f.result(timeout=120) for f in futures]
     code = server.process.wait(timeout=60)
