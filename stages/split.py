@@ -52,7 +52,7 @@ from stages.common.io import (
     write_json,
     write_text,
 )
-from stages.common.params import load_params
+from stages.common.params import ParamsError, load_params
 
 SPLITS = paths.SPLITS
 # What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
@@ -412,7 +412,7 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--check"]:
         try:
             check()
-        except PipelineError as err:
+        except (PipelineError, ParamsError) as err:
             print(f"ERROR: {err}", file=sys.stderr)
             sys.exit(2)
     else:
