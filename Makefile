@@ -28,6 +28,7 @@ setup-test: $(BIN)/python
 	$(BIN)/pip install -q --require-hashes -r locks/test.txt
 
 run: setup
+	$(BIN)/python -m stages.split --check
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 # The try-it page on http://127.0.0.1:8000/ (exports the model first if needed; SERVE_ARGS="--port 9000").

@@ -28,6 +28,7 @@ import csv
 import hashlib
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -48,9 +49,18 @@ from stages.common.images import (
     prepare_image,
     scan_folder,
     thumbnail,
+    unhashable_entries,
 )
-from stages.common.io import npy_writer, save_npy, scratch_path, write_csv, write_json
-from stages.common.params import load_params
+from stages.common.io import (
+    check_room,
+    npy_writer,
+    open_npy_memmap,
+    save_npy,
+    scratch_path,
+    write_csv,
+    write_json,
+)
+from stages.common.params import ParamsError, load_params
 from stages.common.progress import Progress
 from stages.common.store import (
     Store,
@@ -277,9 +287,7 @@ def decode_source(
     size = prep.image_size
     if not items:
         return np.zeros((0, size, size, 3), dtype=np.uint8), [], {}, []
-    array = np.lib.format.open_memmap(
-        path, mode="w+", dtype=np.uint8, shape=(len(items), size, size, 3)
-    )
+    array = open_npy_memmap(path, (len(items), size, size, 3), np.uint8)
     progress = Progress(len(items), "split: decoding") if items else None
     for i, (image, notes, error) in enumerate(_decode_all(items, prep)):
         if error is None:
@@ -310,6 +318,12 @@ def print_notes(noted: dict[str, list[str]]) -> None:
     for note, which in noted.items():
         shown = ", ".join(which[:5]) + (" ..." if len(which) > 5 else "")
         print(f"  note: {len(which)} image(s), {NOTES[note]}: {shown}")
+
+
+def space_needed(count: int, size: int) -> int:
+    """Bytes split writes at most for ``count`` images: the decoded scratch array, the split
+    arrays (together no larger), the test thumbnails, and a margin for the small files."""
+    return count * (2 * size * size * 3 + THUMBNAIL * THUMBNAIL * 3 + 8) + 1_000_000
 
 
 def print_skipped(skipped: dict[str, list[str]]) -> None:
@@ -559,6 +573,7 @@ def main() -> None:
     keys = store_keys(digest("split", prep.as_dict(), code), identities)
     pairs = [(paths.split_index(s).name, paths.split_images(s).name) for s in SPLITS]
     store = load_store(pairs)
+    check_room(paths.SPLIT_DIR, space_needed(len(items), size), "the split's arrays")
     with scratch_path(paths.SPLIT_DIR, ".npy") as scratch:
         position, decoded, notes, bad = prepared_images(items, names, keys, prep, scratch, store)
         for reason, files in bad.items():
@@ -647,5 +662,32 @@ def main() -> None:
     )
 
 
+def check() -> None:
+    """``python -m stages.split --check`` (``make run`` runs it before ``dvc repro``): stop with
+    one line when data.folder holds what DVC cannot hash. DVC hashes data.folder, a dependency,
+    before split runs: a FIFO there hangs it, a dangling symlink, socket, device or a name that
+    is not UTF-8 stops it with an error of its own; split itself would skip and count them."""
+    data = load_params("data")["data"]
+    if data["source"] != "folder" or not Path(data["folder"]).is_dir():
+        return
+    found = unhashable_entries(data["folder"])
+    if found:
+        shown = ", ".join(found[:10]) + (f" and {len(found) - 10} more" if len(found) > 10 else "")
+        raise PipelineError(
+            f"data.folder '{data['folder']}' holds {len(found)} entr(y/ies) that DVC cannot hash "
+            f"(it reads the folder before split runs, and would hang on a FIFO or stop): {shown}. "
+            "Delete or move them out of the folder, rename non-UTF-8 names in UTF-8 (convmv), "
+            "then run dvc repro."
+        )
+    print(f"split: data.folder '{data['folder']}' holds nothing that DVC cannot hash")
+
+
 if __name__ == "__main__":
-    run_stage(main)
+    if sys.argv[1:] == ["--check"]:
+        try:
+            check()
+        except (PipelineError, ParamsError) as err:
+            print(f"ERROR: {err}", file=sys.stderr)
+            sys.exit(2)
+    else:
+        run_stage(main)

@@ -77,6 +77,7 @@ SLOW_FILES_FIRST = (
     "test_extract.py",
     "test_photos_e2e.py",
     "test_serve.py",
+    "test_hostile.py",
     "test_weights.py",
 )
 

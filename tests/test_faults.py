@@ -320,3 +320,56 @@ def test_folder_source_reruns_byte_identical_and_never_touches_the_folder(pipeli
         )
     ]
     assert unexpected == [], "only documented caches outside the repository"
+
+
+# --- kill -9 at every stage (slow) ---------------------------------------------------------------
+
+
+def repro_killed_in_a_new_stage(repo: Path, killed: list[str], log: Path) -> str | None:
+    """Run ``dvc repro``; SIGKILL its process group one second into the first stage not yet in
+    ``killed``. Return that stage, or None when the run ended by itself (every stage done)."""
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["dvc", "repro"],
+            cwd=repo,
+            env=command_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 600
+            while process.poll() is None and time.monotonic() < deadline:
+                fresh = [s for s in stages_run(log.read_text()) if s not in killed]
+                if fresh:
+                    time.sleep(1.0)  # inside the stage: imports done, outputs being written
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(timeout=60)
+                    return stages_run(log.read_text())[-1]
+                time.sleep(0.05)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    assert process.returncode == 0, log.read_text()[-4000:]
+    return None
+
+
+@pytest.mark.slow
+def test_kill_9_at_every_stage_then_repro_completes_cleanly(pipeline_repo, tmp_path):
+    """SIGKILL ``dvc repro`` and its stage in each stage in turn; every next run resumes, and
+    the last ends with every output locked and no temporary file left."""
+    repo = pipeline_repo
+    killed: list[str] = []
+    for attempt in range(20):
+        stage = repro_killed_in_a_new_stage(repo, killed, tmp_path / f"run{attempt}.log")
+        if stage is None:
+            break
+        killed.append(stage)
+    else:
+        pytest.fail(f"dvc repro never completed; killed in {killed}")
+    assert len(set(killed)) >= 6, killed  # the quick ones may finish within their second
+    assert_up_to_date(repo)
+    assert leftovers(repo) == []
+    metrics = json.loads((repo / paths.METRICS).read_text())
+    assert metrics["images"]["train"] > 0

@@ -112,6 +112,7 @@ def test_folder_split_counts_skips_and_class_names(repo, photos):
         "empty_file": 1,
         "unreadable_image": 2,
         "too_large": 1,
+        "undecodable_name": 0,
     }
     assert report["skipped_files"]["unreadable_image"] == ["big dog/cut.png", "영/text.jpg"]
     assert report["skipped_files"]["too_large"] == ["big dog/bomb.png"]

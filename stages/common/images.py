@@ -15,6 +15,8 @@ predict then need no TensorFlow import.
 from __future__ import annotations
 
 import math
+import os
+import stat
 import unicodedata
 import warnings
 from collections.abc import Callable, Mapping
@@ -61,6 +63,8 @@ SKIP_REASONS: dict[str, str] = {
     "unreadable_image": "corrupt, truncated or not an image despite its extension; re-export "
     "it or delete it",
     "too_large": f"more than {MAX_PIXELS:,} pixels or a possible decompression bomb; downscale it",
+    "undecodable_name": "file or folder name that is not UTF-8 (shown with \\x escapes); rename "
+    "it in UTF-8, e.g. convmv -f latin1 -t utf-8 -r --notest DIR",
 }
 
 
@@ -466,8 +470,41 @@ def _leaves_root(entry: Path, real_root: Path) -> bool:
         return False
 
 
+def shown_name(name: str) -> str:
+    """``name`` as text that can be printed and written as UTF-8: bytes that are not UTF-8
+    (which Python keeps as lone surrogates) shown as ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def is_utf8_name(name: str) -> bool:
+    """False for a file name whose bytes are not UTF-8 (DVC, JSON and CSV cannot hold it)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def special_file_kind(entry: Path) -> str | None:
+    """'FIFO', 'socket', 'device' or 'dangling symlink' for an entry that is none of a file,
+    a folder or a symlink to one (checked without opening it: opening a FIFO waits for ever)."""
+    try:
+        mode = entry.stat().st_mode
+    except OSError:
+        return "dangling symlink" if entry.is_symlink() else None
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return None
+
+
 def _entry_reason(entry: Path, real_root: Path) -> str | None:
     """Why an entry inside a class folder is skipped, or None for an image file to decode."""
+    if not is_utf8_name(entry.name):
+        return "undecodable_name"
     if is_stray(entry.name):
         return "hidden_or_system_file"
     if _leaves_root(entry, real_root):
@@ -485,7 +522,8 @@ def scan_folder(root: str | Path) -> FolderScan:
     """List the images of a ``<class>/<image>`` folder without decoding (or writing) anything.
 
     Classes are the sub-folders, sorted by NFC name. Files with other extensions, hidden and
-    system files, files directly under the root, nested sub-folders, broken symlinks and
+    system files, files directly under the root, nested sub-folders, broken symlinks, pipes,
+    sockets and devices (told apart by ``stat``, never opened), names that are not UTF-8 and
     symlinks leading outside the root are skipped under a SKIP_REASONS key. Two folders whose
     names differ only in Unicode normalisation are an error (they would be one class).
     """
@@ -495,7 +533,9 @@ def scan_folder(root: str | Path) -> FolderScan:
     scan = FolderScan(classes=[], files=[])
     class_dirs = []
     for entry in _list_dir(root):
-        if is_stray(entry.name):
+        if not is_utf8_name(entry.name):
+            scan.skip("undecodable_name", shown_name(entry.name))
+        elif is_stray(entry.name):
             scan.skip("hidden_or_system_file", entry.name)
         elif _leaves_root(entry, real_root):
             scan.skip("symlink_outside", entry.name)
@@ -519,5 +559,23 @@ def scan_folder(root: str | Path) -> FolderScan:
             if reason is None:
                 scan.files.append((entry, index))
             else:
-                scan.skip(reason, f"{class_dir.name}/{entry.name}")
+                scan.skip(reason, f"{class_dir.name}/{shown_name(entry.name)}")
     return scan
+
+
+def unhashable_entries(root: str | Path) -> list[str]:
+    """Entries under ``root`` that stop DVC before split runs (DVC hashes data.folder, a
+    dependency, first): FIFOs (reading one waits for ever), sockets, devices, dangling
+    symlinks, and names that are not UTF-8. Each as ``relative path (kind)``."""
+    root = Path(root)
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(dirs + files):
+            entry = Path(folder) / name
+            relative = shown_name(str(entry.relative_to(root)))
+            if not is_utf8_name(name):
+                found.append(f"{relative} (name not UTF-8)")
+            elif kind := special_file_kind(entry):
+                found.append(f"{relative} ({kind})")
+    return found

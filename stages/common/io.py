@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import glob
 import io
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,6 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from stages.common.errors import PipelineError
+
+# A write that fails for want of room: a full disk, a quota, a file-size limit (ulimit -f).
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _umask() -> int:
@@ -34,6 +41,71 @@ def remove_leftovers(directory: Path, prefix: str) -> None:
     for stale in directory.glob(glob.escape(prefix) + "*"):
         if stale.is_file() or stale.is_symlink():
             stale.unlink(missing_ok=True)
+
+
+def size_text(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{max(1, round(n / 1e3)):,} kB"
+
+
+def free_bytes(directory: Path) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
+def no_room_error(path: Path, err: OSError, needed: int | None = None) -> PipelineError:
+    """The one-line error for a write that found no room: the path, the space it needs (when
+    known) and what is free there."""
+    free = free_bytes(path.parent)
+    need = f"it needs {size_text(needed)}" if needed else "it needs more room"
+    have = f", {size_text(free)} are free there" if free is not None else ""
+    return PipelineError(
+        f"cannot write '{path}': {err.strerror or err} ({need}{have}). Nothing was left half-"
+        "written and earlier outputs are as they were; free some space (or raise the file-size "
+        "limit, ulimit -f) and run again."
+    )
+
+
+def check_room(directory: str | Path, needed: int, what: str) -> None:
+    """Stop before writing anything when ``directory``'s file system lacks ``needed`` bytes."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    free = free_bytes(directory)
+    if free is not None and free < needed:
+        raise PipelineError(
+            f"not enough space in '{directory}' for {what}: it needs {size_text(needed)}, "
+            f"{size_text(free)} are free there. Nothing was written; free some space (or move "
+            "the repository to a larger disk) and run again."
+        )
+
+
+def preallocate(path: Path, size: int) -> None:
+    """Reserve ``size`` bytes for ``path`` now, so that a full disk is an OSError here and not
+    a crash (SIGBUS) when a memory-mapped page is first written."""
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            f.seek(max(size - 1, 0))  # no fallocate there: write the last byte instead
+            f.write(b"\0")
+
+
+def open_npy_memmap(path: str | Path, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A writable memory-mapped .npy of ``shape`` whose space is reserved on disk first."""
+    path = Path(path)
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize + 128  # the data and its header
+    try:
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        size = array.offset + array.nbytes
+        del array
+        preallocate(path, size)
+    except OSError as err:
+        err.needed = size  # for no_room_error, wherever it is reported
+        raise
+    return np.lib.format.open_memmap(path, mode="r+")
 
 
 @contextlib.contextmanager
@@ -56,6 +128,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.errno in NO_ROOM:
+            raise no_room_error(path, err, getattr(err, "needed", None)) from None
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -145,9 +221,10 @@ def npy_writer(path: str | Path, shape: tuple[int, ...], dtype: Any) -> Iterator
     """Yield a writable memory-mapped .npy of ``shape``, filled batch by batch, renamed at the end.
 
     Memory stays flat however many rows are written: only the pages being filled are resident.
+    The file's space is reserved first: a full disk ends the run with a message, not a SIGBUS.
     """
     with atomic_path(path) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        array = open_npy_memmap(tmp, shape, dtype)
         yield array
         array.flush()
         del array
@@ -165,5 +242,9 @@ def scratch_path(directory: str | Path, suffix: str) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+    except OSError as err:
+        if err.errno in NO_ROOM:
+            raise no_room_error(Path(tmp), err, getattr(err, "needed", None)) from None
+        raise
     finally:
         Path(tmp).unlink(missing_ok=True)
