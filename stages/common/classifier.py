@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from stages.common import paths
-from stages.common.images import ImagePrep, to_model_input
+from stages.common.images import ImagePrep
 from stages.common.io import read_json
 from stages.common.tf import setup_keras
 
@@ -40,27 +40,71 @@ def in_models(path: Path, models: Path) -> Path:
     return models / path.relative_to(paths.MODELS_DIR)
 
 
-@keras.saving.register_keras_serializable(package="digits_transfer")
-class ModelInput(keras.layers.Layer):
-    """``to_model_input`` as a layer: uint8 RGB images -> ResNet50's input (float32).
+# ResNet50's ``preprocess_input`` ("caffe"): RGB -> BGR, then this mean (in BGR order) subtracted.
+IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
+CLASS_LAYER = "classes"  # the head's last Dense (softmax), where the temperature is folded in
 
-    The very function extract applied before caching the features, so the shipped model takes
-    the same prepared images that split writes.
+
+def first_convolution(extractor):
+    """The Conv2D that reads the extractor's input (through ZeroPadding2D only), or an error."""
+    layer = extractor.layers[0]
+    while True:
+        consumers = [
+            node.operation for node in layer._outbound_nodes if node.operation in extractor.layers
+        ]
+        if len(consumers) != 1:
+            break
+        layer = consumers[0]
+        if isinstance(layer, keras.layers.Conv2D):
+            return layer
+        if not isinstance(layer, keras.layers.ZeroPadding2D):
+            break
+    raise ValueError("the feature extractor's input does not go straight into one Conv2D")
+
+
+def fold_bgr_flip(extractor) -> None:
+    """Make ``extractor`` take RGB where it took BGR: its first kernel's input channels reversed.
+
+    A convolution is linear in its input channels, so ``conv(x[..., ::-1], k) ==
+    conv(x, k[:, :, ::-1, :])``, and zero padding before it commutes with the channel order.
+    Changes the (freshly loaded) extractor in place.
     """
-
-    def call(self, images):
-        return to_model_input(images)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
+    conv = first_convolution(extractor)
+    kernel, *rest = conv.get_weights()
+    conv.set_weights([np.ascontiguousarray(kernel[:, :, ::-1, :]), *rest])
 
 
-def build_classifier(extractor, head, size: int):
-    """Compose the frozen extractor and the trained head into one model on uint8 images."""
+def fold_temperature(head, temperature: float) -> None:
+    """Divide the head's logits by ``temperature``: its last Dense's kernel and bias, in place.
+
+    ``softmax((W x + b) / T) == softmax((W / T) x + b / T)``: the calibrated probabilities,
+    with no extra layer (``stages/common/calibration.py`` fits T).
+    """
+    layer = head.get_layer(CLASS_LAYER)
+    kernel, bias = (w.astype(np.float64) for w in layer.get_weights())
+    layer.set_weights(
+        [(kernel / temperature).astype(np.float32), (bias / temperature).astype(np.float32)]
+    )
+
+
+def build_classifier(extractor, head, size: int, temperature: float = 1.0):
+    """The frozen extractor and the trained head as one model on uint8 images, Keras layers only.
+
+    ``to_model_input`` (ResNet50's caffe preprocessing) becomes a ``Rescaling`` layer that casts
+    to float32 and subtracts the ImageNet mean (in RGB order) and the RGB -> BGR flip folded into
+    the first convolution (``fold_bgr_flip``); the temperature is folded into the head's last
+    layer. So ``keras.saving.load_model(path, safe_mode=True)`` needs nothing but Keras.
+    Changes ``extractor`` and ``head`` in place (load them fresh).
+    """
+    fold_bgr_flip(extractor)
+    if temperature != 1.0:
+        fold_temperature(head, temperature)
     extractor.trainable = False
     head.trainable = False
     image = keras.Input((size, size, 3), dtype="uint8", name="image")
-    x = ModelInput(name="to_model_input")(image)
+    x = keras.layers.Rescaling(
+        1.0, offset=[-m for m in reversed(IMAGENET_MEAN_BGR)], name="subtract_imagenet_mean"
+    )(image)
     probabilities = head(extractor(x))
     return keras.Model(image, probabilities, name="classifier")
 
