@@ -76,9 +76,11 @@ def resample_matrix(size_in, size_out, kind: str, fixed_point: bool) -> tf.Tenso
     total = tf.reduce_sum(weights, axis=1, keepdims=True)
     weights = tf.math.divide_no_nan(weights, total)
     if fixed_point:
-        one = float(1 << PRECISION_BITS)
-        scaled = weights * one
-        weights = tf.where(scaled < 0, -tf.floor(-scaled + 0.5), tf.floor(scaled + 0.5)) / one
+        # 2**22 as 2**11 twice: a float16 TFLite stores its constants in float16 (max 65504)
+        half = float(1 << (PRECISION_BITS // 2))
+        scaled = weights * half * half
+        rounded = tf.where(scaled < 0, -tf.floor(-scaled + 0.5), tf.floor(scaled + 0.5))
+        weights = rounded / half / half
     return weights
 
 
