@@ -2,7 +2,9 @@
 
 ``models/classifier.keras`` (written by the export stage) is::
 
-    image (size, size, 3) uint8 -> ModelInput (to_model_input) -> feature extractor -> head
+    image (size, size, 3) uint8 -> Rescaling (minus the ImageNet mean, in RGB order)
+        -> feature extractor (its first kernel takes RGB: the caffe flip folded in)
+        -> head (the val-fitted temperature folded into its last layer)
 
 and ``models/export/`` beside it holds what a user of the model needs with it:
 
@@ -10,12 +12,14 @@ and ``models/export/`` beside it holds what a user of the model needs with it:
   convention of TFLite and Teachable Machine);
 * ``prep.json``: the image-preparation settings that turn a file into the model's input
   (what ``decode_image`` needs; the same settings split used for training);
-* ``saved_model/`` (TensorFlow SavedModel, endpoint ``serve``) and ``classifier.tflite``.
+* ``saved_model/`` (TensorFlow SavedModel: ``serve`` on prepared images, ``classify_image`` on
+  one raw decoded image), ``classifier.tflite`` (prepared), ``classify_image.tflite`` and
+  ``classify_image.onnx`` (raw), ``model.json`` (the model card).
 
-Importing this module registers ``ModelInput`` with Keras, which loading ``classifier.keras``
-in safe mode needs (it is a plain registered layer, no Lambda, so no code is deserialized).
-predict and serve load the model through ``load_bundle`` and prepare images with
-``load_prep``, so a new image goes through exactly what training did.
+Every layer is one of Keras' own, so ``keras.saving.load_model(path, safe_mode=True)`` loads it
+in any Python with Keras, this repository not importable (``tests/test_export.py``). predict
+decodes a file with ``decode_photo`` and classifies it with ``load_raw_classifier`` (the
+raw-image SavedModel), the code path a phone app or a web page has.
 """
 
 from __future__ import annotations
@@ -157,6 +161,45 @@ def load_bundle(models: Path = paths.MODELS_DIR) -> Bundle:
         )
     model = keras.saving.load_model(model_file, safe_mode=True)
     return Bundle(model, read_labels(labels), load_prep(prep))
+
+
+def decode_photo(path: str | Path, prep: ImagePrep) -> np.ndarray:
+    """An image file as the raw-image models take it: uint8 RGB ``(height, width, 3)``.
+
+    What a client's decoder does before calling ``classify_image``: the size checked from the
+    header, EXIF orientation applied, any mode converted to RGB (transparency onto white), a
+    JPEG decoded at a reduced scale still at least ``prep.draft_size`` (as ``decode_image``
+    does, so predict sees the pixels split's ``prepare_image`` saw). Raises ImageError.
+    """
+    from stages.common.images import _decode, _to_rgb
+
+    return _decode(path, prep.draft_size, lambda img: np.asarray(_to_rgb(img), dtype=np.uint8))
+
+
+def load_raw_classifier(models: Path = paths.MODELS_DIR):
+    """The SavedModel's ``classify_image`` signature as a function: one raw uint8 RGB image ->
+    (calibrated probabilities, the prepared image the model saw), the preparation in-graph."""
+    import tensorflow as tf
+
+    folder = in_models(paths.EXPORT_SAVED_MODEL, models)
+    if not (folder / "saved_model.pb").is_file():
+        sys.exit(f"ERROR: {folder} not found. Run `dvc repro` (the export stage) first.")
+    loaded = tf.saved_model.load(str(folder))
+    if "classify_image" not in loaded.signatures:
+        sys.exit(
+            f"ERROR: {folder} has no classify_image signature (exported by an older version). "
+            "Run `dvc repro` (the export stage)."
+        )
+    signature = loaded.signatures["classify_image"]
+
+    def classify_image(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
+            raise ValueError(f"expected one RGB image (height, width, 3), got {image.shape}")
+        out = signature(image=tf.constant(image, tf.uint8))
+        return out["probabilities"].numpy(), out["prepared"].numpy()
+
+    classify_image.loaded = loaded  # the signature only references the loaded variables
+    return classify_image
 
 
 def classify(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
