@@ -195,10 +195,12 @@ def convert_onnx(model, prep, path: Path) -> None:
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
+    from tensorflow.python.util import deprecation
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     traced = raw_image_function(model, prep).get_concrete_function()
-    frozen = convert_variables_to_constants_v2(traced)
+    with deprecation.silence():  # TF 1 helpers inside, each with a deprecation notice
+        frozen = convert_variables_to_constants_v2(traced)
     graph = frozen.graph.as_graph_def()
     # tf.nest orders a dict's values by key, as the frozen function's outputs are ordered
     outputs = dict(
