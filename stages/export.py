@@ -222,7 +222,89 @@ def convert_onnx(model, prep, path: Path) -> None:
         output.name = renamed.get(output.name, output.name)
     for graph_input in proto.graph.input:
         graph_input.name = "image"
-    path.write_bytes(proto.SerializeToString())
+    canonical_onnx(proto.graph)
+    path.write_bytes(proto.SerializeToString(deterministic=True))
+
+
+def canonical_onnx(graph) -> None:
+    """Name and order an ONNX graph's nodes and initializers by what they compute, in place.
+
+    tf2onnx's names and node order change from one process to the next (counters and sets in
+    its optimisers), so the same model would give other bytes, and dvc.lock another md5, at
+    every export. Each tensor gets a hash of its content (initializers) or of the node making it
+    (op, attributes, the hashes of its inputs); nodes are put in a topological order that breaks
+    ties by that hash and renamed by position. Graph inputs and outputs keep their names.
+    """
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    tensor_hash = {name: hashlib.sha256(name.encode()).hexdigest() for name in keep}
+    for init in graph.initializer:
+        content = type(init)()
+        content.CopyFrom(init)
+        content.name = ""
+        tensor_hash[init.name] = hashlib.sha256(
+            content.SerializeToString(deterministic=True)
+        ).hexdigest()
+    node_hash = []
+    for node in graph.node:  # ONNX stores nodes topologically sorted
+        attributes = b"".join(a.SerializeToString(deterministic=True) for a in node.attribute)
+        inputs = "|".join(tensor_hash.get(i, "") for i in node.input)
+        digest = hashlib.sha256(f"{node.domain}:{node.op_type}:{inputs}:".encode() + attributes)
+        node_hash.append(digest.hexdigest())
+        for k, out in enumerate(node.output):
+            if out not in keep:
+                tensor_hash[out] = hashlib.sha256(f"{node_hash[-1]}:{k}".encode()).hexdigest()
+    order = _topological_order(graph, node_hash)
+    names = {}
+    for index, init in enumerate(sorted(graph.initializer, key=lambda i: tensor_hash[i.name])):
+        names[init.name] = f"c{index}"
+    for index, i in enumerate(order):
+        for k, out in enumerate(graph.node[i].output):
+            if out and out not in keep:
+                names[out] = f"t{index}_{k}"
+    nodes = [graph.node[i] for i in order]
+    for index, node in enumerate(nodes):
+        node.name = f"n{index}"
+        node.input[:] = [names.get(i, i) for i in node.input]
+        node.output[:] = [names.get(o, o) for o in node.output]
+    initializers = sorted(graph.initializer, key=lambda i: names[i.name])
+    for init in initializers:
+        init.name = names[init.name]
+    copies = [type(n)() for n in nodes]
+    for copy, node in zip(copies, nodes, strict=True):
+        copy.CopyFrom(node)
+    init_copies = [type(i)() for i in initializers]
+    for copy, init in zip(init_copies, initializers, strict=True):
+        copy.CopyFrom(init)
+    del graph.node[:]
+    graph.node.extend(copies)
+    del graph.initializer[:]
+    graph.initializer.extend(init_copies)
+    del graph.value_info[:]  # optional shape hints, under the old names
+
+
+def _topological_order(graph, node_hash: list[str]) -> list[int]:
+    """Kahn's algorithm over the nodes, the smallest hash first among the ready ones."""
+    import heapq
+
+    producer = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+    waiting = [0] * len(graph.node)
+    consumers: dict[int, list[int]] = {}
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            if name in producer:
+                waiting[i] += 1
+                consumers.setdefault(producer[name], []).append(i)
+    ready = [(node_hash[i], i) for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        order.append(i)
+        for j in consumers.get(i, []):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, (node_hash[j], j))
+    return order
 
 
 def keras_probabilities(path: Path) -> Callable[[np.ndarray], np.ndarray]:
