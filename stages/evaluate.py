@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from stages.common import paths
+from stages.common.calibration import apply_temperature, fit_temperature
 from stages.common.errors import PipelineError, run_stage
 from stages.common.io import load_npy, read_json, write_csv, write_json
 from stages.common.params import load_params
@@ -153,6 +154,12 @@ def score(
     metrics["test"].update(
         macro, ece=reliability["ece"], calibration_max_gap=reliability["max_gap"]
     )
+    # what the exported model gives: the temperature fitted on val, folded in by export
+    temperature = fit_temperature(*predictions["val"])
+    metrics["test"]["temperature"] = temperature
+    metrics["test"]["ece_calibrated"] = calibration(
+        apply_temperature(probs, temperature), labels, CALIBRATION_BINS
+    )["ece"]
     metrics["test"]["small_support_classes"] = sum(r["small_support"] for r in per_class.values())
     metrics["paired"] = paired_tests(probs.argmax(1), labels)
     n_train = split_report["images"]["train"]
@@ -198,13 +205,23 @@ def _manifest() -> list[dict[str, str]]:
 
 
 def draw_test_figures(
-    probs: np.ndarray, labels: np.ndarray, classes: list[str], evaluate: dict
+    probs: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    evaluate: dict,
+    temperature: float = 1.0,
 ) -> None:
-    """The confusion matrix, the reliability diagram, a seeded grid of ``evaluate.grid_size``
+    """The confusion matrix, the reliability diagram (before and after ``temperature``), a seeded grid of ``evaluate.grid_size``
     test images, the mistakes."""
     predicted = probs.argmax(1)
     draw_confusion(labels, predicted, classes, paths.CONFUSION)
-    draw_reliability(calibration(probs, labels, CALIBRATION_BINS), len(labels), paths.CALIBRATION)
+    draw_reliability(
+        calibration(probs, labels, CALIBRATION_BINS),
+        len(labels),
+        paths.CALIBRATION,
+        calibration(apply_temperature(probs, temperature), labels, CALIBRATION_BINS),
+        temperature,
+    )
     images = load_npy(paths.split_images("test"), mmap=True)
     originals = load_npy(paths.TEST_ORIGINALS, mmap=True)
     order = np.random.default_rng(evaluate["seed"]).permutation(len(labels))[
@@ -247,7 +264,7 @@ def main() -> None:
     write_json(paths.METRICS, metrics)
     write_per_class(per_class)
     write_predictions(*predictions["test"], classes)
-    draw_test_figures(*predictions["test"], classes, evaluate)
+    draw_test_figures(*predictions["test"], classes, evaluate, metrics["test"]["temperature"])
     print(
         f"evaluate: test accuracy {metrics['test']['accuracy']:.4f} (val {metrics['val']['accuracy']:.4f}, "
         f"train {metrics['train']['accuracy']:.4f}); wrote {paths.METRICS_DIR}/ and {paths.PLOTS_DIR}/ "

@@ -1,10 +1,12 @@
 """Classify new images with the trained pipeline: ``python -m stages.predict PATH... [--top K] [--out CSV]``.
 
-PATHs are image files or folders (searched recursively). Each image goes through exactly what
-training used: ``decode_image`` with the settings split used (``models/export/prep.json``), then
-the exported model ``models/classifier.keras`` (``to_model_input``, the frozen feature extractor
-and the head in one Keras model; see ``stages/common/classifier.py``). An unreadable file gets
-one error line and a non-zero exit status; the other files are still classified.
+PATHs are image files or folders (searched recursively). Each file is decoded to uint8 RGB
+(``decode_photo``: EXIF orientation applied, as any client's decoder does) and classified by the
+exported raw-image model, the SavedModel signature ``classify_image``, which prepares the image
+in-graph exactly as split's ``prepare_image`` did for training (``models/export/prep.json``) and
+gives calibrated probabilities: the code path every client of the export has (see
+``stages/common/classifier.py``). An unreadable file gets one error line and a non-zero exit
+status; the other files are still classified.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 from stages.common import paths
 from stages.common.errors import end_command
-from stages.common.images import IMAGE_EXTENSIONS, ImageError, decode_image, is_stray
+from stages.common.images import IMAGE_EXTENSIONS, ImageError, is_stray
 from stages.common.io import write_csv
 
 
@@ -39,18 +41,22 @@ def find_images(paths: list[str]) -> list[Path]:
     return found
 
 
-def decode_all(files: list[Path], prep, size: int) -> tuple[list[Path], np.ndarray, int]:
-    """Decode every file; print one error line per unusable file and count them."""
-    good, arrays, errors = [], [], 0
+def classify_all(files: list[Path], prep, classify_image, n_classes: int):
+    """Decode and classify every file; print one error line per unusable file and count them."""
+    from stages.common.classifier import decode_photo
+
+    good, rows, errors = [], [], 0
     for path in files:
         try:
-            arrays.append(decode_image(path, prep))
-            good.append(path)
+            image = decode_photo(path, prep)
         except ImageError as err:
             print(f"ERROR: {err}", file=sys.stderr)
             errors += 1
-    images = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
-    return good, images, errors
+            continue
+        rows.append(classify_image(image)[0])
+        good.append(path)
+    probs = np.stack(rows) if rows else np.zeros((0, n_classes), np.float32)
+    return good, probs, errors
 
 
 def format_rows(files: list[Path], probs: np.ndarray, classes: list[str], top: int) -> list[list]:
@@ -77,12 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         print(f"ERROR: no image files found in {args.paths}", file=sys.stderr)
         return 2
-    from stages.common.classifier import classify, load_bundle
+    from stages.common.classifier import load_bundle, load_raw_classifier
 
     bundle = load_bundle(args.models)
+    classify_image = load_raw_classifier(args.models)
     top = max(1, min(args.top, len(bundle.classes)))
-    good, images, errors = decode_all(files, bundle.prep, bundle.size)
-    rows = format_rows(good, classify(bundle.model, images), bundle.classes, top)
+    good, probs, errors = classify_all(files, bundle.prep, classify_image, len(bundle.classes))
+    rows = format_rows(good, probs, bundle.classes, top)
     for row in rows:
         print("\t".join(row))
     if args.out:

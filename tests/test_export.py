@@ -20,10 +20,20 @@ import numpy as np
 import pytest
 from conftest import git_commit, git_status, run
 
+from bench.photo_data import photo_files, write_set
 from stages.export import ExportError, check, compare
 
-EXPORT_FILES = ("labels.txt", "prep.json", "classifier.tflite", "saved_model/saved_model.pb")
+EXPORT_FILES = (
+    "labels.txt",
+    "prep.json",
+    "model.json",
+    "classifier.tflite",
+    "classify_image.tflite",
+    "classify_image.onnx",
+    "saved_model/saved_model.pb",
+)
 MODELS = ("keras", "saved_model", "tflite")
+RAW_MODELS = ("saved_model_raw", "tflite_raw", "onnx_raw")
 
 
 # --- The check itself (fast) ---------------------------------------------------------------------
@@ -58,6 +68,13 @@ def test_compare_refuses_a_shape_mismatch():
         compare("tflite", np.zeros((3, 2)), np.zeros((3, 10)))
 
 
+def leaves(tree) -> list:
+    """Every non-dict value of a nested dict."""
+    if isinstance(tree, dict):
+        return [v for value in tree.values() for v in leaves(value)]
+    return [tree]
+
+
 # --- The real stage (slow) -----------------------------------------------------------------------
 
 
@@ -70,7 +87,17 @@ def test_exported_models_agree_with_the_trained_pipeline(shipped_repo: Path):
         assert metrics[name]["top1_agreement"] == 1.0, name
         assert metrics[name]["top1_disagreements"] == 0, name
         assert metrics[name]["max_abs_diff"] <= 1e-4, name
+    for name in RAW_MODELS:  # each test image again as a raw image, prepared in-graph
+        assert metrics[name]["prepared_max_pixel_diff"] <= 1, name
+        assert metrics[name]["top1_agreement"] >= 0.9, name
+    assert 0.05 < metrics["temperature"] < 20
+    assert all(isinstance(v, (int, float)) for v in leaves(metrics))  # numeric only
     models = shipped_repo / "models"
+    card = json.loads((models / "export/model.json").read_text())
+    assert card["temperature"] == metrics["temperature"]
+    assert card["test"]["accuracy_low"] <= card["test"]["accuracy"] <= card["test"]["accuracy_high"]
+    assert card["preparation"] == json.loads((shipped_repo / "data/split/prep.json").read_text())
+    assert len(card["weights_sha256"]) == len(card["data_sha256"]) == 64
     for rel in EXPORT_FILES:
         assert (models / "export" / rel).is_file(), rel
     assert metrics["size_bytes"]["classifier.keras"] == (models / "classifier.keras").stat().st_size
@@ -88,30 +115,126 @@ def test_exported_models_agree_with_the_trained_pipeline(shipped_repo: Path):
 
 
 @pytest.mark.slow
-def test_classifier_is_one_safe_keras_model_on_uint8_images(shipped_repo: Path):
-    """No Lambda in the file; loads with safe_mode=True in a fresh process; equals evaluate."""
+def test_classifier_loads_in_plain_keras_without_this_repository(
+    shipped_repo: Path, tmp_path: Path
+):
+    """Keras' own layers only: ``load_model(..., safe_mode=True)`` in a fresh, isolated Python
+    (``-I``: no PYTHONPATH, no current folder on sys.path) whose folder holds no project code;
+    its probabilities are the trained pipeline's (the head's on the cached features, with the
+    temperature export fitted on val)."""
+    from stages.common.calibration import apply_temperature
+
     path = shipped_repo / "models/classifier.keras"
     with zipfile.ZipFile(path) as archive:
-        config = archive.read("config.json").decode()
-    assert "Lambda" not in config and "ModelInput" in config
+        config = json.loads(archive.read("config.json"))
+    modules = {v for k, v in walk_items(config) if k == "module"}
+    assert modules and all(m.startswith("keras") for m in modules), modules
+    assert "Lambda" not in json.dumps(config)
+    np.save(tmp_path / "images.npy", np.load(shipped_repo / "data/split/test_images.npy"))
+    probe = (
+        "import json, sys, keras, numpy as np\n"
+        "assert not any('stages' in m for m in sys.modules)\n"
+        f"m = keras.saving.load_model({str(path)!r}, safe_mode=True)\n"
+        "p = m.predict(np.load('images.npy'), verbose=0)\n"
+        "np.save('probs.npy', p)\n"
+        "json.dump({'shape': list(m.input_shape), 'dtype': m.inputs[0].dtype,\n"
+        "           'layers': [l.__class__.__name__ for l in m.layers]}, sys.stdout)\n"
+    )
+    out = json.loads(run([sys.executable, "-I", "-c", probe], tmp_path).stdout)
+    assert out["shape"] == [None, 32, 32, 3] and out["dtype"] == "uint8"
+    assert out["layers"] == ["InputLayer", "Rescaling", "Functional", "Functional"]
+    metrics = json.loads((shipped_repo / "metrics/export.json").read_text())
+    reference = apply_temperature(
+        np.load(shipped_repo / "data/predictions/test_probs.npy"), metrics["temperature"]
+    )
+    probs = np.load(tmp_path / "probs.npy")
+    assert np.abs(probs - reference).max() < 1e-4
+    with (shipped_repo / "plots/predictions.csv").open() as f:  # top-1 unchanged by calibration
+        assert [str(k) for k in probs.argmax(1)] == [row["predicted"] for row in csv.DictReader(f)]
+
+
+def walk_items(tree):
+    """Every (key, value) pair in a nested JSON structure."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield key, value
+            yield from walk_items(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from walk_items(value)
+
+
+def client_photos(folder: Path) -> list[Path]:
+    """One generated phone photo per class (240 x 320, EXIF-rotated JPEGs)."""
+    write_set(folder, per_class=1, seed=0, width=240, height=320)
+    return photo_files(folder / "photos")
+
+
+@pytest.mark.slow
+def test_raw_image_formats_agree_on_phone_photos(shipped_repo: Path, tmp_path: Path):
+    """SavedModel ``classify_image``, LiteRT and ONNX Runtime on decoded photo files (no Python
+    preparation) against predict's Python reference: ``decode_image`` + classifier.keras."""
     probe = (
         "import json, sys, numpy as np\n"
-        "from stages.common.classifier import keras, load_bundle, classify\n"
+        "from PIL import Image, ImageOps\n"
+        "from stages.common.classifier import load_bundle, classify\n"
+        "from stages.common.images import decode_image\n"
+        "from stages.export import raw_saved_model, raw_tflite, raw_onnx\n"
+        "files = sys.argv[1:]\n"
         "b = load_bundle()\n"
-        "m = b.model\n"
-        "images = np.load('data/split/test_images.npy')\n"
-        "p = classify(m, images)\n"
-        "json.dump({'shape': list(m.input_shape), 'dtype': m.inputs[0].dtype,\n"
-        "           'layers': [l.name for l in m.layers],\n"
-        "           'top1': [b.classes[k] for k in p.argmax(1)],\n"
-        "           'sums': float(np.abs(p.sum(1) - 1).max())}, sys.stdout)\n"
+        "ref = classify(b.model, np.stack([decode_image(f, b.prep) for f in files]))\n"
+        "runs = {'saved_model': raw_saved_model('models/export/saved_model'),\n"
+        "        'tflite': raw_tflite('models/export/classify_image.tflite'),\n"
+        "        'onnx': raw_onnx('models/export/classify_image.onnx')}\n"
+        "out = {'reference': ref.tolist()}\n"
+        "for name, run in runs.items():\n"
+        "    images = [np.asarray(ImageOps.exif_transpose(Image.open(f)).convert('RGB'))\n"
+        "              for f in files]\n"
+        "    out[name] = [run(i)[0].tolist() for i in images]\n"
+        "json.dump(out, sys.stdout)\n"
     )
-    out = json.loads(run([sys.executable, "-c", probe], shipped_repo).stdout)
-    assert out["shape"] == [None, 32, 32, 3] and out["dtype"] == "uint8"
-    assert out["layers"][1] == "to_model_input" and len(out["layers"]) == 4
-    assert out["sums"] < 1e-5
-    with (shipped_repo / "plots/predictions.csv").open() as f:
-        assert out["top1"] == [row["predicted"] for row in csv.DictReader(f)]
+    files = [str(p) for p in client_photos(tmp_path / "set")]
+    out = json.loads(run([sys.executable, "-c", probe, *files], shipped_repo).stdout)
+    reference = np.array(out.pop("reference"))
+    graph = np.array(out["saved_model"])
+    for name, probs in out.items():
+        probs = np.array(probs)
+        assert probs.shape == reference.shape, name
+        # the formats run one graph: equal to float rounding
+        assert np.abs(probs - graph).max() < 1e-3, name
+        # full decoding here, draft decoding in decode_image, pixels within a grey level
+        agree = (probs.argmax(1) == reference.argmax(1)).mean()
+        assert agree >= 0.8, (name, agree)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("client", ["keras", "litert", "onnx"])
+def test_docs_clients_run_as_written_on_a_phone_photo(
+    client: str, shipped_repo: Path, tmp_path: Path
+):
+    """docs/export.md's client blocks, verbatim, in an isolated Python beside ``models/`` and a
+    photo: each prints the class the SavedModel's ``classify_image`` gives."""
+    page = (Path(__file__).resolve().parents[1] / "docs/export.md").read_text(encoding="utf-8")
+    code = page.split(f"<!-- client: {client} -->\n```python\n", 1)[1].split("```", 1)[0]
+    photo = client_photos(tmp_path / "set")[3]
+    work = tmp_path / "client"
+    work.mkdir()
+    (work / "models").symlink_to(shipped_repo / "models")
+    shutil.copy(photo, work / "photo.jpg")
+    printed = run([sys.executable, "-I", "-c", code], work).stdout.split()
+    label, probability = printed[-2], float(printed[-1])
+    expected = (
+        "import sys, numpy as np\n"
+        "from PIL import Image, ImageOps\n"
+        "from stages.export import raw_saved_model\n"
+        "image = np.asarray(ImageOps.exif_transpose(Image.open(sys.argv[1])).convert('RGB'))\n"
+        "p = raw_saved_model('models/export/saved_model')(image)[0]\n"
+        "labels = open('models/export/labels.txt').read().splitlines()\n"
+        "print(labels[p.argmax()], p.max())\n"
+    )
+    want = run([sys.executable, "-c", expected, str(photo)], shipped_repo).stdout.split()
+    assert label == want[-2]
+    assert abs(probability - float(want[-1])) < 1e-3
 
 
 @pytest.mark.slow
@@ -138,11 +261,11 @@ def test_changed_preprocessing_fails_the_check_and_writes_nothing(
 ):
     repo = tmp_path / "repo"
     shutil.copytree(shipped_repo, repo, symlinks=True)
-    images_py = repo / "stages/common/images.py"
-    source = images_py.read_text()
-    slip = 'return preprocess_input(ops.cast(batch, "float32"))'
+    classifier_py = repo / "stages/common/classifier.py"
+    source = classifier_py.read_text()
+    slip = "keras.layers.Rescaling(\n        1.0,"
     assert slip in source
-    images_py.write_text(source.replace(slip, slip.replace('"float32")', '"float32") / 255.0')))
+    classifier_py.write_text(source.replace(slip, slip.replace("1.0,", "1.0 / 255.0,")))
     lock = (repo / "dvc.lock").read_text()
     # Only export (not split/extract again): the features stay those of the old preprocessing.
     result = run(["dvc", "repro", "--single-item", "export"], repo, check=False)

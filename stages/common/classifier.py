@@ -2,7 +2,9 @@
 
 ``models/classifier.keras`` (written by the export stage) is::
 
-    image (size, size, 3) uint8 -> ModelInput (to_model_input) -> feature extractor -> head
+    image (size, size, 3) uint8 -> Rescaling (minus the ImageNet mean, in RGB order)
+        -> feature extractor (its first kernel takes RGB: the caffe flip folded in)
+        -> head (the val-fitted temperature folded into its last layer)
 
 and ``models/export/`` beside it holds what a user of the model needs with it:
 
@@ -10,12 +12,14 @@ and ``models/export/`` beside it holds what a user of the model needs with it:
   convention of TFLite and Teachable Machine);
 * ``prep.json``: the image-preparation settings that turn a file into the model's input
   (what ``decode_image`` needs; the same settings split used for training);
-* ``saved_model/`` (TensorFlow SavedModel, endpoint ``serve``) and ``classifier.tflite``.
+* ``saved_model/`` (TensorFlow SavedModel: ``serve`` on prepared images, ``classify_image`` on
+  one raw decoded image), ``classifier.tflite`` (prepared), ``classify_image.tflite`` and
+  ``classify_image.onnx`` (raw), ``model.json`` (the model card).
 
-Importing this module registers ``ModelInput`` with Keras, which loading ``classifier.keras``
-in safe mode needs (it is a plain registered layer, no Lambda, so no code is deserialized).
-predict and serve load the model through ``load_bundle`` and prepare images with
-``load_prep``, so a new image goes through exactly what training did.
+Every layer is one of Keras' own, so ``keras.saving.load_model(path, safe_mode=True)`` loads it
+in any Python with Keras, this repository not importable (``tests/test_export.py``). predict
+decodes a file with ``decode_photo`` and classifies it with ``load_raw_classifier`` (the
+raw-image SavedModel), the code path a phone app or a web page has.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from stages.common import paths
-from stages.common.images import ImagePrep, to_model_input
+from stages.common.images import ImagePrep
 from stages.common.io import read_json
 from stages.common.tf import setup_keras
 
@@ -40,27 +44,71 @@ def in_models(path: Path, models: Path) -> Path:
     return models / path.relative_to(paths.MODELS_DIR)
 
 
-@keras.saving.register_keras_serializable(package="digits_transfer")
-class ModelInput(keras.layers.Layer):
-    """``to_model_input`` as a layer: uint8 RGB images -> ResNet50's input (float32).
+# ResNet50's ``preprocess_input`` ("caffe"): RGB -> BGR, then this mean (in BGR order) subtracted.
+IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
+CLASS_LAYER = "classes"  # the head's last Dense (softmax), where the temperature is folded in
 
-    The very function extract applied before caching the features, so the shipped model takes
-    the same prepared images that split writes.
+
+def first_convolution(extractor):
+    """The Conv2D that reads the extractor's input (through ZeroPadding2D only), or an error."""
+    layer = extractor.layers[0]
+    while True:
+        consumers = [
+            node.operation for node in layer._outbound_nodes if node.operation in extractor.layers
+        ]
+        if len(consumers) != 1:
+            break
+        layer = consumers[0]
+        if isinstance(layer, keras.layers.Conv2D):
+            return layer
+        if not isinstance(layer, keras.layers.ZeroPadding2D):
+            break
+    raise ValueError("the feature extractor's input does not go straight into one Conv2D")
+
+
+def fold_bgr_flip(extractor) -> None:
+    """Make ``extractor`` take RGB where it took BGR: its first kernel's input channels reversed.
+
+    A convolution is linear in its input channels, so ``conv(x[..., ::-1], k) ==
+    conv(x, k[:, :, ::-1, :])``, and zero padding before it commutes with the channel order.
+    Changes the (freshly loaded) extractor in place.
     """
-
-    def call(self, images):
-        return to_model_input(images)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
+    conv = first_convolution(extractor)
+    kernel, *rest = conv.get_weights()
+    conv.set_weights([np.ascontiguousarray(kernel[:, :, ::-1, :]), *rest])
 
 
-def build_classifier(extractor, head, size: int):
-    """Compose the frozen extractor and the trained head into one model on uint8 images."""
+def fold_temperature(head, temperature: float) -> None:
+    """Divide the head's logits by ``temperature``: its last Dense's kernel and bias, in place.
+
+    ``softmax((W x + b) / T) == softmax((W / T) x + b / T)``: the calibrated probabilities,
+    with no extra layer (``stages/common/calibration.py`` fits T).
+    """
+    layer = head.get_layer(CLASS_LAYER)
+    kernel, bias = (w.astype(np.float64) for w in layer.get_weights())
+    layer.set_weights(
+        [(kernel / temperature).astype(np.float32), (bias / temperature).astype(np.float32)]
+    )
+
+
+def build_classifier(extractor, head, size: int, temperature: float = 1.0):
+    """The frozen extractor and the trained head as one model on uint8 images, Keras layers only.
+
+    ``to_model_input`` (ResNet50's caffe preprocessing) becomes a ``Rescaling`` layer that casts
+    to float32 and subtracts the ImageNet mean (in RGB order) and the RGB -> BGR flip folded into
+    the first convolution (``fold_bgr_flip``); the temperature is folded into the head's last
+    layer. So ``keras.saving.load_model(path, safe_mode=True)`` needs nothing but Keras.
+    Changes ``extractor`` and ``head`` in place (load them fresh).
+    """
+    fold_bgr_flip(extractor)
+    if temperature != 1.0:
+        fold_temperature(head, temperature)
     extractor.trainable = False
     head.trainable = False
     image = keras.Input((size, size, 3), dtype="uint8", name="image")
-    x = ModelInput(name="to_model_input")(image)
+    x = keras.layers.Rescaling(
+        1.0, offset=[-m for m in reversed(IMAGENET_MEAN_BGR)], name="subtract_imagenet_mean"
+    )(image)
     probabilities = head(extractor(x))
     return keras.Model(image, probabilities, name="classifier")
 
@@ -113,6 +161,45 @@ def load_bundle(models: Path = paths.MODELS_DIR) -> Bundle:
         )
     model = keras.saving.load_model(model_file, safe_mode=True)
     return Bundle(model, read_labels(labels), load_prep(prep))
+
+
+def decode_photo(path: str | Path, prep: ImagePrep) -> np.ndarray:
+    """An image file as the raw-image models take it: uint8 RGB ``(height, width, 3)``.
+
+    What a client's decoder does before calling ``classify_image``: the size checked from the
+    header, EXIF orientation applied, any mode converted to RGB (transparency onto white), a
+    JPEG decoded at a reduced scale still at least ``prep.draft_size`` (as ``decode_image``
+    does, so predict sees the pixels split's ``prepare_image`` saw). Raises ImageError.
+    """
+    from stages.common.images import _decode, _to_rgb
+
+    return _decode(path, prep.draft_size, lambda img: np.asarray(_to_rgb(img), dtype=np.uint8))
+
+
+def load_raw_classifier(models: Path = paths.MODELS_DIR):
+    """The SavedModel's ``classify_image`` signature as a function: one raw uint8 RGB image ->
+    (calibrated probabilities, the prepared image the model saw), the preparation in-graph."""
+    import tensorflow as tf
+
+    folder = in_models(paths.EXPORT_SAVED_MODEL, models)
+    if not (folder / "saved_model.pb").is_file():
+        sys.exit(f"ERROR: {folder} not found. Run `dvc repro` (the export stage) first.")
+    loaded = tf.saved_model.load(str(folder))
+    if "classify_image" not in loaded.signatures:
+        sys.exit(
+            f"ERROR: {folder} has no classify_image signature (exported by an older version). "
+            "Run `dvc repro` (the export stage)."
+        )
+    signature = loaded.signatures["classify_image"]
+
+    def classify_image(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if image.ndim != 3 or image.shape[-1] != 3 or min(image.shape[:2]) < 1:
+            raise ValueError(f"expected one RGB image (height, width, 3), got {image.shape}")
+        out = signature(image=tf.constant(image, tf.uint8))
+        return out["probabilities"].numpy(), out["prepared"].numpy()
+
+    classify_image.loaded = loaded  # the signature only references the loaded variables
+    return classify_image
 
 
 def classify(model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:

@@ -51,6 +51,11 @@ EXPORT_LABELS = EXPORT_DIR / "labels.txt"
 EXPORT_PREP = EXPORT_DIR / "prep.json"
 EXPORT_SAVED_MODEL = EXPORT_DIR / "saved_model"
 EXPORT_TFLITE = EXPORT_DIR / "classifier.tflite"
+# the raw-image entry (a decoded photo in, preparation in-graph: stages/common/graph_prep.py)
+EXPORT_RAW_TFLITE = EXPORT_DIR / "classify_image.tflite"
+EXPORT_RAW_TFLITE_FP16 = EXPORT_DIR / "classify_image_float16.tflite"
+EXPORT_RAW_ONNX = EXPORT_DIR / "classify_image.onnx"
+EXPORT_CARD = EXPORT_DIR / "model.json"  # the model card
 
 METRICS_DIR = Path("metrics")
 METRICS = METRICS_DIR / "metrics.json"  # evaluate

@@ -144,10 +144,8 @@ def draw_gallery(
     save_figure(fig, path)
 
 
-def draw_reliability(reliability: dict, n: int, path: Path) -> None:
-    """Reliability diagram: accuracy against mean confidence per confidence bin, with counts."""
-    fig = new_figure(figsize=(5.5, 6.5))
-    ax, counts = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+def _reliability_axes(ax, counts, reliability: dict, title: str) -> None:
+    """One reliability diagram on ``ax`` with its bin counts on ``counts``."""
     lower, width = np.array(reliability["lower"]), 1.0 / reliability["bins"]
     filled = [i for i, c in enumerate(reliability["count"]) if c]
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
@@ -168,9 +166,28 @@ def draw_reliability(reliability: dict, n: int, path: Path) -> None:
         label="(mean confidence, accuracy)",
     )
     ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02))
-    ax.set_title(f"Test calibration: ECE {reliability['ece']:.4f} over {n} images")
+    ax.set_title(title, fontsize=10)
     ax.legend(loc="center left", fontsize=8)
     counts.bar(lower, reliability["count"], width=width, align="edge", color="#8c8c8c")
     counts.set(xlabel="confidence (top-class probability)", ylabel="images", yscale="symlog")
+
+
+def draw_reliability(
+    reliability: dict, n: int, path: Path, calibrated: dict | None = None, temperature: float = 1.0
+) -> None:
+    """Reliability diagram: accuracy against mean confidence per confidence bin, with counts;
+    with ``calibrated``, the same after temperature scaling beside it (before | after)."""
+    panels = [(reliability, f"Test calibration: ECE {reliability['ece']:.4f} over {n} images")]
+    if calibrated is not None:
+        panels[0] = (reliability, f"Head as trained: ECE {reliability['ece']:.4f}, {n} images")
+        panels.append(
+            (calibrated, f"Temperature {temperature:.3f} (val): ECE {calibrated['ece']:.4f}")
+        )
+    fig = new_figure(figsize=(5.5 * len(panels), 6.5))
+    axes = fig.subplots(
+        2, len(panels), sharex=True, squeeze=False, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    for column, (values, title) in enumerate(panels):
+        _reliability_axes(axes[0, column], axes[1, column], values, title)
     fig.tight_layout()
     save_figure(fig, path)
