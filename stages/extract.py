@@ -244,13 +244,31 @@ def label_sources(split: str) -> list[Path]:
     return [paths.split_labels(split)]
 
 
-def extract_split(keras, tf, model, forward, strategy, split: str, batch_size: int) -> int:
+def write_ray_features(arrays: Sequence[np.ndarray], model, extract: dict, out, progress) -> None:
+    """``extract.engine: ray``: the same features, computed by the Ray cluster's actor pool."""
+    from stages.common import ray_engine
+
+    images = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+    row = 0
+    for features in ray_engine.iter_features(images, extract, images.shape[1], model.get_weights()):
+        out[row : row + len(features)] = features
+        row += len(features)
+        progress.add(len(features))
+    if row != len(out):
+        raise RuntimeError(f"the Ray engine wrote {row} feature rows into an array of {len(out)}")
+
+
+def extract_split(
+    keras, tf, model, forward, strategy, split: str, batch_size: int, extract: dict | None = None
+) -> int:
     """Stream one split's images through the model into ``{split}_features.npy``."""
     arrays = [a for a in (load_npy(path, mmap=True) for path in sources(split)) if len(a)]
     total = sum(len(a) for a in arrays)
     progress = keras.utils.Progbar(total, unit_name="image")
     with npy_writer(paths.features(split), (total, model.output_shape[-1]), np.float32) as out:
-        if total:
+        if total and extract is not None and extract["engine"] == "ray":
+            write_ray_features(arrays, model, extract, out, progress)
+        elif total:
             dataset = image_dataset(
                 tf, arrays, batch_size * strategy.num_replicas_in_sync, strategy
             )
@@ -262,6 +280,10 @@ def extract_split(keras, tf, model, forward, strategy, split: str, batch_size: i
 
 def main() -> None:
     extract = load_params("extract")["extract"]
+    if extract["engine"] == "ray":
+        from stages.common.ray_engine import import_ray
+
+        import_ray()  # the one-line ERROR before any work when Ray is missing
     keras = setup_keras(extract["seed"])
     import tensorflow as tf
 
@@ -287,7 +309,7 @@ def main() -> None:
     counts = {}
     for split in paths.SPLITS:
         counts[split] = extract_split(
-            keras, tf, model, forward, strategy, split, extract["batch_size"]
+            keras, tf, model, forward, strategy, split, extract["batch_size"], extract
         )
     dim = int(model.output_shape[-1])
     save_model(model, paths.EXTRACTOR)
