@@ -186,11 +186,12 @@ def callbacks(keras, train: dict, log: Path) -> list:
     return found
 
 
-STREAM_ROWS = 65_536  # feature rows per chunk read from disk (moments, validation, predictions)
+STREAM_ROWS = 65_536  # val vectors evaluated as one batch at most; more are read in chunks
+MOMENT_ROWS = 8_192  # feature rows per chunk of feature_moments (float64: 64 MiB at 1,024-d)
 
 
 def feature_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature float64 mean and variance of ``x``, read STREAM_ROWS rows at a time.
+    """Per-feature float64 mean and variance of ``x``, read MOMENT_ROWS rows at a time.
 
     Two sequential passes over a memory-mapped array (mean, then the squared deviations from
     it), each a running float64 sum in row order: numpy's own order for ``x.mean(axis=0,
@@ -199,14 +200,14 @@ def feature_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     n, dim = x.shape
     total = np.zeros((1, dim))
-    for lo in range(0, n, STREAM_ROWS):
-        chunk = x[lo : lo + STREAM_ROWS].astype(np.float64)
+    for lo in range(0, n, MOMENT_ROWS):
+        chunk = x[lo : lo + MOMENT_ROWS].astype(np.float64)
         total = np.sum(np.concatenate([total, chunk]), axis=0, keepdims=True)
         release_rows(x, lo, lo + len(chunk))
     mean = total / max(n, 1)
     squares = np.zeros((1, dim))
-    for lo in range(0, n, STREAM_ROWS):
-        deviation = x[lo : lo + STREAM_ROWS] - mean
+    for lo in range(0, n, MOMENT_ROWS):
+        deviation = x[lo : lo + MOMENT_ROWS] - mean
         squares = np.sum(np.concatenate([squares, deviation * deviation]), axis=0, keepdims=True)
         release_rows(x, lo, lo + len(deviation))
     return mean[0], squares[0] / max(n, 1)

@@ -316,7 +316,7 @@ def test_feature_moments_are_numpys_bit_for_bit_in_any_chunking(
     mapped = memmapped(tmp_path, "x.npy", x)
     expected = x.mean(axis=0, dtype=np.float64), x.var(axis=0, dtype=np.float64)
     for rows in (1, 7, 999, 1000, 65_536):
-        monkeypatch.setattr(train_stage, "STREAM_ROWS", rows)
+        monkeypatch.setattr(train_stage, "MOMENT_ROWS", rows)
         mean, variance = train_stage.feature_moments(mapped)
         assert mean.dtype == variance.dtype == np.float64
         assert np.array_equal(mean, expected[0]) and np.array_equal(variance, expected[1])
