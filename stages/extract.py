@@ -244,7 +244,9 @@ def label_sources(split: str) -> list[Path]:
     return [paths.split_labels(split)]
 
 
-def write_ray_features(arrays: Sequence[np.ndarray], model, extract: dict, out, progress) -> None:
+def write_ray_features(
+    arrays: Sequence[np.ndarray], model, extract: dict, out, progress, streams: int
+) -> None:
     """``extract.engine: ray``: the same features, computed by the Ray cluster's actor pool."""
     from stages.common import ray_engine
 
@@ -267,7 +269,7 @@ def extract_split(
     progress = keras.utils.Progbar(total, unit_name="image")
     with npy_writer(paths.features(split), (total, model.output_shape[-1]), np.float32) as out:
         if total and extract is not None and extract["engine"] == "ray":
-            write_ray_features(arrays, model, extract, out, progress)
+            write_ray_features(arrays, model, extract, out, progress, extract["streams"])
         elif total:
             dataset = image_dataset(
                 tf, arrays, batch_size * strategy.num_replicas_in_sync, strategy
@@ -306,6 +308,7 @@ def main() -> None:
         f"extract: ResNet50 weights {info.spec} ({info.source}), sha256 {info.sha256[:16]}..., "
         f"{extract['precision']} on {where}"
     )
+    extract = {**extract, "streams": streams}  # the Ray engine's actors cut batches the same way
     counts = {}
     for split in paths.SPLITS:
         counts[split] = extract_split(

@@ -50,7 +50,7 @@ def import_ray():
 class FeatureActor:
     """One Ray actor: the extractor built once, then uint8 batches -> float32 features."""
 
-    def __init__(self, extract: dict, image_size: int, weights: Any) -> None:
+    def __init__(self, extract: dict, image_size: int, weights: Any, streams: int = 1) -> None:
         from stages.common.tf import setup_keras
 
         stage = extract_stage()
@@ -58,7 +58,10 @@ class FeatureActor:
         import ray
         import tensorflow as tf
 
-        streams = stage.cpu_streams(tf)  # as the local stage, before TF starts
+        # The driver's sub-batch layout (``cpu_streams``): the same shapes, the same numbers.
+        if streams > 1:
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+            tf.config.threading.set_inter_op_parallelism_threads(streams)
         keras.mixed_precision.set_global_policy(extract["precision"])
         strategy = tf.distribute.get_strategy()
         model, _ = stage.build_extractor(keras, {**extract, "weights": "random"}, image_size)
@@ -97,7 +100,9 @@ def pool_size(ray) -> tuple[int, dict[str, float]]:
     return max(1, int(resources.get("CPU", 1))), {"num_cpus": 1}
 
 
-def iter_features(images: np.ndarray, extract: dict, image_size: int, weights: Any):
+def iter_features(
+    images: np.ndarray, extract: dict, image_size: int, weights: Any, streams: int = 1
+):
     """The features of ``images`` as float32 chunks, in image order, from the actor pool."""
     ray = import_ray()
     connect(ray)
@@ -112,6 +117,7 @@ def iter_features(images: np.ndarray, extract: dict, image_size: int, weights: A
             "extract": extract,
             "image_size": image_size,
             "weights": ray.put(weights),
+            "streams": streams,
         },
         batch_size=batch,
         batch_format="numpy",
@@ -125,12 +131,13 @@ def iter_features(images: np.ndarray, extract: dict, image_size: int, weights: A
 
 
 def features_of(
-    images: np.ndarray, extract: dict, image_size: int, weights: Any = None
+    images: np.ndarray, extract: dict, image_size: int, weights: Any = None, streams: int = 1
 ) -> np.ndarray:
     """float32 (N, D) features of uint8 ``images`` (N, H, W, 3), computed on the Ray cluster.
 
     ``weights``: the folded extractor's weights (``model.get_weights()``); built here from
-    ``extract`` when not given.
+    ``extract`` when not given. ``streams``: the local forward's ``cpu_streams`` (each batch cut
+    into that many sub-batches), which the actors copy so that the numbers match it.
     """
     if weights is None:
         from stages.common.tf import setup_keras
@@ -138,7 +145,7 @@ def features_of(
         keras = setup_keras(extract["seed"])
         model, _ = extract_stage().build_extractor(keras, extract, image_size)
         weights = model.get_weights()
-    chunks = list(iter_features(images, extract, image_size, weights))
+    chunks = list(iter_features(images, extract, image_size, weights, streams))
     if not chunks:
         return np.zeros((0, 0), np.float32)
     return np.concatenate(chunks).astype(np.float32, copy=False)
