@@ -30,7 +30,6 @@ images, then the augmented copies), ``data/features/info.json`` (weights, layer,
 
 from __future__ import annotations
 
-import mmap
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +43,7 @@ from stages.common.images import to_model_input
 from stages.common.io import (
     load_npy,
     npy_writer,
+    release_rows,
     save_model,
     save_npy,
     scratch_path,
@@ -187,24 +187,6 @@ def make_forward(tf, model, strategy, streams: int = 1) -> Callable:
     return distributed
 
 
-def release_rows(array: np.memmap, lo: int, hi: int) -> None:
-    """Let the OS take back the pages holding rows [lo, hi) of a memory-mapped array.
-
-    Data is not lost: the pages stay in the page cache (dirty ones are written to the file
-    later) and are read back if touched again. This is what keeps the resident memory flat.
-    """
-    if not hasattr(mmap, "MADV_DONTNEED") or not isinstance(array.base, mmap.mmap):
-        return
-    row_bytes = array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
-    # np.memmap maps from the allocation boundary below the data offset.
-    start = array.offset % mmap.ALLOCATIONGRANULARITY + lo * row_bytes
-    end = array.offset % mmap.ALLOCATIONGRANULARITY + hi * row_bytes
-    start -= start % mmap.PAGESIZE
-    end -= end % mmap.PAGESIZE  # the partly written last page stays until the next batch
-    if end > start:
-        array.base.madvise(mmap.MADV_DONTNEED, start, end - start)
-
-
 def padded_batches(images, batch_size: int) -> Iterator[np.ndarray]:
     """Batches of exactly ``batch_size`` rows of ``images``, the last one padded with black images.
 
@@ -311,6 +293,21 @@ def label_sources(split: str) -> list[Path]:
     return [paths.split_labels(split)]
 
 
+def write_ray_features(images, model, extract: dict, out: np.ndarray, progress) -> None:
+    """``extract.engine: ray``: ``compute_features``' numbers, from the Ray cluster's actor pool
+    (``stages/common/ray_engine.py``; ``extract["streams"]``: the local ``cpu_streams``)."""
+    from stages.common import ray_engine
+
+    row = 0
+    weights = model.get_weights()
+    for features in ray_engine.iter_features(images, extract, images.shape[1], weights):
+        out[row : row + len(features)] = features
+        row += len(features)
+        progress.add(len(features))
+    if row != len(out):
+        raise RuntimeError(f"the Ray engine wrote {row} feature rows into an array of {len(out)}")
+
+
 def feature_salt(extract: dict, info, image_size: int, where: str) -> bytes:
     """Everything besides an image's pixels that decides its features (the store's key)."""
     import tensorflow as tf
@@ -326,9 +323,7 @@ def feature_salt(extract: dict, info, image_size: int, where: str) -> bytes:
     return digest("extract", settings, info.sha256, image_size, where, tf.__version__, code)
 
 
-def extract_all(
-    keras, tf, model, forward, strategy, batch_size: int, salt: bytes
-) -> dict[str, int]:
+def extract_all(keras, tf, model, forward, strategy, extract: dict, salt: bytes) -> dict[str, int]:
     """Every split's features: computed for images the store lacks, copied for the rest."""
     store = Store()
     store.add_outputs(
@@ -350,7 +345,11 @@ def extract_all(
             )
             progress = keras.utils.Progbar(len(todo), unit_name="image")
             images = Rows([a for a in arrays if len(a)], todo)
-            compute_features(tf, forward, strategy, images, batch_size, computed, progress)
+            if extract["engine"] == "ray":
+                write_ray_features(images, model, extract, computed, progress)
+            else:
+                batch_size = extract["batch_size"]
+                compute_features(tf, forward, strategy, images, batch_size, computed, progress)
         lo = 0
         for split in paths.SPLITS:
             split_keys = keys[lo : lo + sizes[split]]
@@ -368,6 +367,10 @@ def extract_all(
 
 def main() -> None:
     extract = load_params("extract")["extract"]
+    if extract["engine"] == "ray":
+        from stages.common.ray_engine import import_ray
+
+        import_ray()  # the one-line ERROR before any work when Ray is missing
     keras = setup_keras(extract["seed"])
     import tensorflow as tf
 
@@ -391,7 +394,8 @@ def main() -> None:
         f"{extract['precision']} on {where}"
     )
     salt = feature_salt(extract, info, image_size, where)
-    counts = extract_all(keras, tf, model, forward, strategy, extract["batch_size"], salt)
+    extract = {**extract, "streams": streams}  # the Ray engine's actors cut batches the same way
+    counts = extract_all(keras, tf, model, forward, strategy, extract, salt)
     dim = int(model.output_shape[-1])
     save_model(model, paths.EXTRACTOR)
     write_json(

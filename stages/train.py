@@ -22,6 +22,14 @@ unsmoothed cross-entropy, a Keras metric beside it; or ``val_accuracy``). With
 (The defaults themselves are chosen across runs by the fewest val errors:
 docs/model-selection.md.)
 
+Memory stays flat however many feature vectors there are: the cached features are memory-mapped,
+the Normalization layer's mean and variance are summed chunk by chunk (``feature_moments``), each
+training batch reads only its shuffled rows from the file (``train_dataset``), and a val set of
+more than ``STREAM_ROWS`` vectors is evaluated chunk by chunk; pages read are handed back to the
+OS as soon as a batch has them. The head and its predictions are byte for byte those of the whole
+set held in memory (tests/test_train.py); ``python -m bench.scale`` measures peak memory and epoch
+time as the number of vectors grows.
+
 Outputs: ``models/head.keras``; ``plots/train_log.csv`` (per epoch, from
 ``keras.callbacks.CSVLogger``: ``loss``/``val_loss`` the training objective, smoothed
 cross-entropy plus any L2 penalty; ``log_loss``/``val_log_loss`` the plain log-loss;
@@ -35,14 +43,21 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from stages.common import paths
 from stages.common.errors import run_stage
-from stages.common.io import atomic_path, load_npy, read_json, save_model, save_npy
+from stages.common.io import (
+    atomic_path,
+    load_npy,
+    read_json,
+    release_rows,
+    save_model,
+    save_npy,
+)
 from stages.common.params import load_params, validate_section
 from stages.common.tf import setup_keras
 
@@ -128,7 +143,7 @@ def build_head(keras, x_train: np.ndarray, n_classes: int, train: dict):
     policy = hidden_policy(train["precision"])
     l2 = keras.regularizers.L2(train["l2"]) if train["l2"] > 0 else None
     inputs = keras.Input(shape=(x_train.shape[1],), name="features")
-    mean, variance = x_train.mean(axis=0, dtype=np.float64), x_train.var(axis=0, dtype=np.float64)
+    mean, variance = feature_moments(x_train)
     x = keras.layers.Normalization(mean=mean, variance=variance, name="standardise")(inputs)
     for i, width in enumerate(train["layers"], start=1):
         x = keras.layers.Dense(
@@ -172,36 +187,98 @@ def callbacks(keras, train: dict, log: Path) -> list:
     return found
 
 
-def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
-    """Shuffled training batches gathered from the features held once as tensors.
+STREAM_ROWS = 65_536  # val vectors evaluated as one batch at most; more are read in chunks
+MOMENT_ROWS = 8_192  # feature rows per chunk of feature_moments (float64: 64 MiB at 1,024-d)
 
-    ``fit`` on NumPy arrays slices and copies the rows through its array adapter every epoch;
-    here only a permutation of row indices is shuffled (seeded, a new order each epoch) and each
-    batch is one ``tf.gather``. Same batches-per-epoch and batch size as before.
+
+def feature_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature float64 mean and variance of ``x``, read MOMENT_ROWS rows at a time.
+
+    Two sequential passes over a memory-mapped array (mean, then the squared deviations from
+    it), each a running float64 sum in row order: numpy's own order for ``x.mean(axis=0,
+    dtype=float64)`` and ``x.var(axis=0, dtype=float64)``, so the same numbers bit for bit
+    (the Normalization layer keeps them in the saved head's config), with memory for one chunk.
+    """
+    n, dim = x.shape
+    total = np.zeros((1, dim))
+    for lo in range(0, n, MOMENT_ROWS):
+        chunk = x[lo : lo + MOMENT_ROWS].astype(np.float64)
+        total = np.sum(np.concatenate([total, chunk]), axis=0, keepdims=True)
+        release_rows(x, lo, lo + len(chunk))
+    mean = total / max(n, 1)
+    squares = np.zeros((1, dim))
+    for lo in range(0, n, MOMENT_ROWS):
+        deviation = x[lo : lo + MOMENT_ROWS] - mean
+        squares = np.sum(np.concatenate([squares, deviation * deviation]), axis=0, keepdims=True)
+        release_rows(x, lo, lo + len(deviation))
+    return mean[0], squares[0] / max(n, 1)
+
+
+def row_reader(x: np.ndarray, labels: np.ndarray, n_classes: int) -> Callable:
+    """Row indices -> (their feature rows as float32, their one-hot labels), read from ``x``.
+
+    ``x`` may be memory-mapped: only the rows asked for are read, and the pages they were on
+    are handed back to the OS straight away (``release_rows``), so the resident memory stays
+    that of one batch however many rows the file holds.
+    """
+    eye = np.eye(n_classes, dtype=np.float32)  # the rows of ``one_hot``
+    labels = np.asarray(labels)
+
+    def read(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        features = np.asarray(x[rows], dtype=np.float32)
+        release_rows(x, 0, len(x))
+        return features, eye[labels[rows]]
+
+    return read
+
+
+def row_batches(tf, rows, x: np.ndarray, labels: np.ndarray, n_classes: int):
+    """``rows`` (a dataset of row-index batches) -> (features, one-hot labels) batches."""
+    read = row_reader(x, labels, n_classes)
+    dim = x.shape[1]
+
+    def gather(batch):
+        features, targets = tf.numpy_function(read, [batch], [tf.float32, tf.float32])
+        features.set_shape((None, dim))
+        targets.set_shape((None, n_classes))
+        return features, targets
+
+    return rows.map(gather).prefetch(2)
+
+
+def train_dataset(x: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int, seed: int):
+    """Shuffled training batches, each gathered from ``x`` (memory-mapped or not) when needed.
+
+    Only a permutation of row indices is shuffled (seeded, a new order each epoch; 8 bytes a
+    row in memory) and each batch reads its rows; the feature vectors are never all in memory
+    at once. Same batches, in the same order, as gathering from the whole array held as a
+    tensor (tests/test_train.py compares the saved heads byte for byte).
     """
     import tensorflow as tf
 
-    features, labels = tf.constant(x), tf.constant(y)
-    return (
+    rows = (
         tf.data.Dataset.range(len(x))
         .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
         .batch(batch_size)
-        .map(lambda rows: (tf.gather(features, rows), tf.gather(labels, rows)))
-        .prefetch(2)
     )
+    return row_batches(tf, rows, x, labels, n_classes)
 
 
-def validation_dataset(val_data: tuple[np.ndarray, np.ndarray]):
-    """The val features and labels as one cached ``tf.data`` batch.
+def validation_dataset(x_val: np.ndarray, y_val: np.ndarray, n_classes: int):
+    """The val features and one-hot labels as a ``tf.data`` dataset.
 
-    Keras re-wraps NumPy validation arrays for every epoch's evaluation. A ready dataset made
-    an evaluation of the 269 val vectors 5x cheaper here (0.02 s instead of 0.1 s alone; about
-    0.04 s of a 0.5 s epoch inside ``fit``). Same loss and accuracy, one batch.
+    Up to STREAM_ROWS vectors: one cached batch (Keras re-wraps NumPy validation arrays for
+    every epoch's evaluation; a ready dataset made an evaluation of the 269 val vectors 5x
+    cheaper here). More: consecutive STREAM_ROWS-row batches read from ``x_val`` at each
+    evaluation, so memory stays flat.
     """
     import tensorflow as tf
 
-    x_val, y_val = val_data
-    return tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(max(1, len(x_val))).cache()
+    if len(x_val) <= STREAM_ROWS:
+        x, y = np.asarray(x_val), one_hot(y_val, n_classes)
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(max(1, len(x_val))).cache()
+    rows = tf.data.Dataset.range(len(x_val)).batch(STREAM_ROWS)
+    return row_batches(tf, rows, x_val, y_val, n_classes)
 
 
 def fit_head(
@@ -221,8 +298,8 @@ def fit_head(
     (x_train, y_train), (x_val, y_val) = train_data, val_data
     found = callbacks(keras, train, log)
     history = model.fit(
-        train_dataset(x_train, one_hot(y_train, n_classes), train["batch_size"], train["seed"]),
-        validation_data=validation_dataset((x_val, one_hot(y_val, n_classes))),
+        train_dataset(x_train, y_train, n_classes, train["batch_size"], train["seed"]),
+        validation_data=validation_dataset(x_val, y_val, n_classes),
         epochs=train["epochs"],
         shuffle=False,  # the dataset shuffles itself (seeded); fit would only warn
         callbacks=[*found, *extra],
@@ -252,6 +329,15 @@ def float32_head(keras, model):
 PREDICT_ROWS = 8192  # feature vectors per call of the head in write_predictions
 
 
+def predict_chunk(keras, model, features: np.ndarray, lo: int) -> np.ndarray:
+    """The head's output for rows [lo, lo + PREDICT_ROWS) of ``features``, whose pages are then
+    handed back to the OS (``features`` may be memory-mapped and larger than memory)."""
+    chunk = np.asarray(features[lo : lo + PREDICT_ROWS])
+    probs = keras.ops.convert_to_numpy(model(chunk, training=False))
+    release_rows(features, lo, lo + len(chunk))
+    return probs
+
+
 def head_probabilities(keras, model, features: np.ndarray) -> np.ndarray:
     """The head's class probabilities for ``features``, as float32, in chunks of PREDICT_ROWS.
 
@@ -260,10 +346,7 @@ def head_probabilities(keras, model, features: np.ndarray) -> np.ndarray:
     vectors; the numbers are the same (``tests/test_train.py`` compares with predict).
     """
     chunks = [
-        keras.ops.convert_to_numpy(
-            model(np.asarray(features[i : i + PREDICT_ROWS]), training=False)
-        )
-        for i in range(0, len(features), PREDICT_ROWS)
+        predict_chunk(keras, model, features, i) for i in range(0, len(features), PREDICT_ROWS)
     ]
     n_classes = model.output_shape[-1]
     return (
@@ -288,11 +371,13 @@ def main() -> None:
     train = load_params("train")["train"]
     keras = setup_keras(train["seed"])
     start = time.perf_counter()
+    # Features memory-mapped: read batch by batch, never all in memory (``train_dataset``).
     x_train, y_train = (
-        load_npy(paths.features("train")),
+        load_npy(paths.features("train"), mmap=True),
         load_npy(paths.feature_labels("train")),
     )
-    x_val, y_val = load_npy(paths.features("val")), load_npy(paths.feature_labels("val"))
+    x_val = load_npy(paths.features("val"), mmap=True)
+    y_val = load_npy(paths.feature_labels("val"))
     classes = read_json(paths.CLASSES)
     model = build_head(keras, x_train, len(classes), train)
     with atomic_path(paths.TRAIN_LOG) as log:

@@ -282,3 +282,120 @@ def test_a_float32_head_is_saved_as_it_is(keras) -> None:
     x, _ = blobs(32, seed=1)
     model = train_stage.build_head(keras, x, N_CLASSES, TRAIN)
     assert train_stage.float32_head(keras, model) is model
+
+
+# --- Streaming from memory-mapped features (feature sets larger than memory) ---
+
+
+def in_memory_dataset(x: np.ndarray, targets: np.ndarray, batch_size: int, seed: int):
+    """The reference: every feature held as one tensor, each batch one ``tf.gather`` of it."""
+    import tensorflow as tf
+
+    features, labels = tf.constant(x), tf.constant(targets)
+    return (
+        tf.data.Dataset.range(len(x))
+        .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .map(lambda rows: (tf.gather(features, rows), tf.gather(labels, rows)))
+        .prefetch(2)
+    )
+
+
+def memmapped(tmp_path: Path, name: str, array: np.ndarray) -> np.ndarray:
+    np.save(tmp_path / name, array)
+    mapped = np.load(tmp_path / name, mmap_mode="r")
+    assert isinstance(mapped, np.memmap)
+    return mapped
+
+
+def test_feature_moments_are_numpys_bit_for_bit_in_any_chunking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=(1000, 64)) * rng.lognormal(size=64) * 30).astype(np.float32)
+    mapped = memmapped(tmp_path, "x.npy", x)
+    expected = x.mean(axis=0, dtype=np.float64), x.var(axis=0, dtype=np.float64)
+    for rows in (1, 7, 999, 1000, 65_536):
+        monkeypatch.setattr(train_stage, "MOMENT_ROWS", rows)
+        mean, variance = train_stage.feature_moments(mapped)
+        assert mean.dtype == variance.dtype == np.float64
+        assert np.array_equal(mean, expected[0]) and np.array_equal(variance, expected[1])
+
+
+def test_streamed_batches_are_the_in_memory_batches(keras, tmp_path: Path) -> None:
+    """Row for row, epoch after epoch (each epoch its own shuffle), from a memory-mapped file."""
+    x, y = blobs(200, seed=3)
+    mapped = memmapped(tmp_path, "x.npy", x)
+    streamed = train_stage.train_dataset(mapped, y, N_CLASSES, 32, seed=5)
+    reference = in_memory_dataset(x, train_stage.one_hot(y, N_CLASSES), 32, seed=5)
+    epochs = 0
+    for _ in range(2):
+        pairs = list(zip(streamed, reference, strict=True))
+        assert len(pairs) == 7  # 200 rows in batches of 32
+        for (xs, ys), (xr, yr) in pairs:
+            np.testing.assert_array_equal(xs.numpy(), xr.numpy())
+            np.testing.assert_array_equal(ys.numpy(), yr.numpy())
+        epochs += 1
+    assert epochs == 2
+
+
+def test_large_validation_sets_stream_in_chunks_with_the_same_rows(
+    keras, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(train_stage, "STREAM_ROWS", 16)
+    x, y = blobs(40, seed=4)
+    batches = list(train_stage.validation_dataset(memmapped(tmp_path, "v.npy", x), y, N_CLASSES))
+    assert [len(b[0]) for b in batches] == [16, 16, 8]
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), x)
+    np.testing.assert_array_equal(
+        np.concatenate([b[1] for b in batches]), train_stage.one_hot(y, N_CLASSES)
+    )
+
+
+def in_memory_head(keras, x, y, x_val, y_val, train: dict, log: Path):
+    """The head trained as before streaming: numpy's moments, batches gathered from tensors."""
+    import tensorflow as tf
+
+    keras.utils.clear_session()  # the names Keras numbers (adam, adam_1, ...) start again
+    keras.utils.set_random_seed(train["seed"])
+    model = train_stage.build_head(keras, x, N_CLASSES, train)
+    val = tf.data.Dataset.from_tensor_slices((x_val, train_stage.one_hot(y_val, N_CLASSES)))
+    model.fit(
+        in_memory_dataset(x, train_stage.one_hot(y, N_CLASSES), train["batch_size"], train["seed"]),
+        validation_data=val.batch(len(x_val)).cache(),
+        epochs=train["epochs"],
+        shuffle=False,
+        callbacks=train_stage.callbacks(keras, train, log),
+        verbose=0,
+    )
+    return train_stage.float32_head(keras, model)
+
+
+def test_a_head_trained_from_memory_mapped_features_is_byte_identical(
+    keras, tmp_path: Path
+) -> None:
+    """The stage's streaming path (memory-mapped files) against the in-memory reference: the
+    same saved head, byte for byte, and the same probabilities."""
+    train = {**TRAIN, "layers": [24], "dropout": 0.3, "epochs": 4, "patience": 2}
+    (x, y), (x_val, y_val) = blobs(150, seed=1, noise=2.0), blobs(40, seed=2, noise=2.0)
+    assert np.array_equal(
+        train_stage.feature_moments(x)[0], x.mean(axis=0, dtype=np.float64)
+    )  # build_head's moments, as numpy computed them before streaming
+
+    reference = in_memory_head(keras, x, y, x_val, y_val, train, tmp_path / "a.csv")
+    save_model(reference, tmp_path / "reference.keras")
+
+    keras.utils.clear_session()
+    keras.utils.set_random_seed(train["seed"])
+    mapped, mapped_val = memmapped(tmp_path, "x.npy", x), memmapped(tmp_path, "v.npy", x_val)
+    model = train_stage.build_head(keras, mapped, N_CLASSES, train)
+    train_stage.fit_head(keras, model, (mapped, y), (mapped_val, y_val), train, tmp_path / "b.csv")
+    streamed = train_stage.float32_head(keras, model)
+    save_model(streamed, tmp_path / "streamed.keras")
+
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    assert (tmp_path / "reference.keras").read_bytes() == (tmp_path / "streamed.keras").read_bytes()
+    np.testing.assert_array_equal(
+        train_stage.head_probabilities(keras, streamed, mapped),
+        train_stage.head_probabilities(keras, reference, x),
+    )

@@ -14,6 +14,7 @@ import errno
 import glob
 import io
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -248,3 +249,25 @@ def scratch_path(directory: str | Path, suffix: str) -> Iterator[Path]:
         raise
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def release_rows(array: np.ndarray, lo: int, hi: int) -> None:
+    """Let the OS take back the pages holding rows [lo, hi) of a memory-mapped array.
+
+    Data is not lost: the pages stay in the page cache (dirty ones are written to the file
+    later) and are read back if touched again. This is what keeps the resident memory flat
+    while a stage walks through an array larger than memory. Does nothing for an in-memory
+    array or where ``madvise`` is missing.
+    """
+    if not hasattr(mmap, "MADV_DONTNEED") or not isinstance(
+        getattr(array, "base", None), mmap.mmap
+    ):
+        return
+    row_bytes = array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
+    # np.memmap maps from the allocation boundary below the data offset.
+    start = array.offset % mmap.ALLOCATIONGRANULARITY + lo * row_bytes
+    end = array.offset % mmap.ALLOCATIONGRANULARITY + hi * row_bytes
+    start -= start % mmap.PAGESIZE
+    end -= end % mmap.PAGESIZE  # a partly covered last page stays
+    if end > start:
+        array.base.madvise(mmap.MADV_DONTNEED, start, end - start)

@@ -138,6 +138,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "batch_size": integer(1, 4096),
         "precision": one_of("float32", "mixed_float16", "mixed_bfloat16"),
         "seed": seed(),
+        "engine": one_of("local", "ray"),
     },
     "train": {
         "seed": seed(),
