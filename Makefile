@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 # The whole environment, pinned with hashes (`make lock` writes locks/ from the requirements-*.txt):
-# locks/cpu.txt (default), gpu.txt, cpu-s3.txt, gpu-s3.txt (with the S3 extra); test.txt for `make test`.
+# locks/cpu.txt (default), gpu.txt, cpu-s3.txt, gpu-s3.txt (with the S3 extra), cpu-ray.txt, gpu-ray.txt
+# (with the Ray extra); test.txt for `make test`.
 LOCK ?= locks/cpu.txt
 BIN := $(VENV)/bin
 # Locks are for Linux x86_64 and this Python; uv resolves them (pinned, installed into the venv).
@@ -56,7 +57,8 @@ plots: setup
 # Re-resolve every lock from the direct requirements (after editing a requirements-*.txt). The test
 # set is resolved first and constrains the others, so a package has one version in every lock.
 LOCK_SETS := cpu:requirements-cpu.txt cpu-s3:requirements-cpu.txt+requirements-s3.txt \
-	gpu:requirements-gpu.txt gpu-s3:requirements-gpu.txt+requirements-s3.txt
+	gpu:requirements-gpu.txt gpu-s3:requirements-gpu.txt+requirements-s3.txt \
+	cpu-ray:requirements-cpu.txt+requirements-ray.txt gpu-ray:requirements-gpu.txt+requirements-ray.txt
 UV_COMPILE = $(BIN)/uv pip compile -q --generate-hashes --python-version $(LOCK_PYTHON) \
 	--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock"
 lock: $(BIN)/python

@@ -17,6 +17,8 @@ LOCKS = {
     "cpu-s3": ["requirements-cpu.txt", "requirements-s3.txt"],
     "gpu": ["requirements-gpu.txt"],
     "gpu-s3": ["requirements-gpu.txt", "requirements-s3.txt"],
+    "cpu-ray": ["requirements-cpu.txt", "requirements-ray.txt"],
+    "gpu-ray": ["requirements-gpu.txt", "requirements-ray.txt"],
     "test": ["requirements-dev.txt"],
 }
 TEST_TOOLS = {"pytest", "pytest-xdist", "ruff", "moto", "playwright"}
@@ -70,6 +72,7 @@ def test_the_pipeline_sets_hold_no_test_tools_and_s3_only_as_the_extra():
         pins = locked(name)[0]
         assert not TEST_TOOLS & set(pins), name
         assert ("dvc-s3" in pins) == name.endswith("-s3"), name
+        assert "ray" not in pins, name
     assert TEST_TOOLS | {"dvc-s3", "tensorflow-cpu"} <= set(locked("test")[0])
 
 
