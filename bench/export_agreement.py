@@ -83,13 +83,13 @@ def compare(files: list[Path], models: Path, decode) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--full", type=int, default=50)
     parser.add_argument("--models", type=Path, default=paths.MODELS_DIR)
     parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from stages.common.classifier import decode_photo
 
     photo_set = Path(tempfile.gettempdir()) / f"photo-bench-{args.per_class}"

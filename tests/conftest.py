@@ -78,6 +78,10 @@ SLOW_FILES_FIRST = (
     "test_photos_e2e.py",
     "test_serve.py",
     "test_hostile.py",
+    "test_growing.py",
+    "test_reproducibility.py",
+    "test_ray_engine.py",
+    "test_graph_prep.py",
     "test_weights.py",
 )
 
