@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shutil
 import tempfile
 import time
@@ -372,7 +373,12 @@ def raw_tflite(path: Path) -> RawRunner:
 
 
 def raw_onnx(path: Path) -> RawRunner:
-    """One raw image -> (probabilities, prepared) with the ONNX file (ONNX Runtime, CPU)."""
+    """One raw image -> (probabilities, prepared) with the ONNX file (ONNX Runtime, CPU).
+
+    ONNX Runtime's telemetry is turned off: it would write a device id and a database under
+    ~/.cache/Microsoft, outside the repository.
+    """
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
