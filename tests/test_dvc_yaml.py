@@ -245,7 +245,8 @@ def test_no_stage_module_imports_the_app() -> None:
         if APP_ROOT in imported_roots(p)
     )
     assert not importers, (
-        f"{importers} import the {APP_ROOT} package: move that code to stages/common/"
+        f"{importers} import the {APP_ROOT} package: no stage may depend on it; "
+        "move what they use into stages/common/"
     )
 
 
