@@ -35,16 +35,16 @@ run: setup
 # The try-it page on http://127.0.0.1:8000/ (exports the model first if needed; SERVE_ARGS="--port 9000").
 serve: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro export
-	$(BIN)/python -m stages.serve $(SERVE_ARGS)
+	$(BIN)/python -m app.serve $(SERVE_ARGS)
 
 test: setup-test
-	$(BIN)/ruff check stages tests bench tools
-	$(BIN)/ruff format --check stages tests bench tools
+	$(BIN)/ruff check stages app tests bench tools
+	$(BIN)/ruff format --check stages app tests bench tools
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: setup-test
-	$(BIN)/ruff check stages tests bench tools
-	$(BIN)/ruff format --check stages tests bench tools
+	$(BIN)/ruff check stages app tests bench tools
+	$(BIN)/ruff format --check stages app tests bench tools
 
 # Every figure in README.md and docs/ from metrics/*.json and bench/*.json (tools/docs.py).
 docs: setup

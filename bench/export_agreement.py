@@ -43,8 +43,9 @@ def full_decode(path: Path) -> np.ndarray:
 
 
 def compare(files: list[Path], models: Path, decode) -> dict:
-    from stages.common.classifier import classify, load_bundle, load_raw_classifier
-    from stages.common.images import decode_image
+    from app.classifier import load_bundle, load_raw_classifier
+    from stages.common.classifier import classify
+    from stages.common.prep import decode_image
 
     bundle = load_bundle(models)
     classify_image = load_raw_classifier(models)
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", type=Path, default=paths.MODELS_DIR)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    from stages.common.classifier import decode_photo
+    from app.classifier import decode_photo
 
     photo_set = Path(tempfile.gettempdir()) / f"photo-bench-{args.per_class}"
     write_set(photo_set, args.per_class, 0, 3024, 4032)

@@ -162,7 +162,8 @@ def example_sheet(out: Path, picture: Path, count: int = 6) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stages.common.images import ImagePrep, decode_image, decode_thumbnail
+    from stages.common.decode import decode_thumbnail
+    from stages.common.prep import ImagePrep, decode_image
 
     files = [photo_files(out / "photos" / str(d))[0] for d in range(count)]
     rows = {

@@ -67,9 +67,10 @@ def heldout_mnist(repo: Path, photo_set: Path) -> dict:
     """
     from PIL import Image
 
-    from stages.common.classifier import classify, load_bundle
-    from stages.common.images import decode_image, prepare_image
+    from app.classifier import load_bundle
+    from stages.common.classifier import classify
     from stages.common.mnist import load_mnist
+    from stages.common.prep import decode_image, prepare_image
 
     with open(repo / paths.MANIFEST, encoding="utf-8", newline="") as f:
         used = {int(row["source"].split("#")[1]) for row in csv.DictReader(f)}

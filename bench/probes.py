@@ -154,8 +154,8 @@ def probe_extract_speed(
     matmul on the same threads (one single-threaded matmul per stream, side by side:
     ``sgemm_functions``) and numpy's, whose OpenBLAS keeps its own threads, one per core."""
     from stages import extract
-    from stages.common.images import to_model_input
     from stages.common.io import load_npy, save_npy
+    from stages.common.resnet50 import to_model_input
     from stages.common.tf import setup_keras
 
     keras = setup_keras(42)

@@ -1,6 +1,6 @@
 """Memory of the try-it server under worst-case uploads: ``python -m bench.serve_memory``.
 
-Starts ``python -m stages.serve`` on 127.0.0.1 (``--models``, default ``models/`` after
+Starts ``python -m app.serve`` on 127.0.0.1 (``--models``, default ``models/`` after
 ``dvc repro``), classifies one small image (its idle level), then sends ``--uploads``
 concurrent uploads of the worst images an upload cap lets through: a 7,999 x 7,999 16-bit
 grayscale PNG of about 125 kB and its JPEG, WebP and 16-bit TIFF cousins (each under every

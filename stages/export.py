@@ -482,7 +482,7 @@ def verify_raw(scratch: Path) -> dict[str, dict]:
     ``prepare_image`` of the same image classified by classifier.keras."""
     from PIL import Image
 
-    from stages.common.images import prepare_image
+    from stages.common.prep import prepare_image
 
     prep = shipped.load_prep(paths.PREP)
     images = load_npy(paths.split_images("test"))
@@ -567,7 +567,7 @@ def model_card(scratch: Path, temperature: float, results: dict, sizes: dict) ->
         "inputs": {
             "classifier.keras, saved_model signature serve, classifier.tflite": (
                 f"a batch of prepared images: uint8 RGB (n, {prep.image_size}, "
-                f"{prep.image_size}, 3), prepared as prep.json says (stages/common/images.py "
+                f"{prep.image_size}, 3), prepared as prep.json says (stages/common/prep.py "
                 "prepare_image)"
             ),
             f"saved_model signature {RAW_SIGNATURE}, classify_image.tflite, classify_image.onnx": (

@@ -39,7 +39,6 @@ import numpy as np
 
 from stages.common import paths
 from stages.common.errors import run_stage
-from stages.common.images import to_model_input
 from stages.common.io import (
     load_npy,
     npy_writer,
@@ -50,6 +49,7 @@ from stages.common.io import (
     write_json,
 )
 from stages.common.params import load_params
+from stages.common.resnet50 import to_model_input
 from stages.common.store import (
     Store,
     assemble,
@@ -316,7 +316,6 @@ def feature_salt(extract: dict, info, image_size: int, where: str) -> bytes:
     here = Path(__file__).parent
     code = code_digest(
         __file__,
-        here / "common" / "images.py",
         here / "common" / "resnet50.py",
         here / "common" / "weights.py",
     )

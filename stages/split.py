@@ -38,19 +38,8 @@ import numpy as np
 from PIL import Image
 
 from stages.common import paths
+from stages.common.decode import ImageError, decode_thumbnail, thumbnail
 from stages.common.errors import PipelineError, run_stage
-from stages.common.images import (
-    NOTES,
-    SKIP_REASONS,
-    ImageError,
-    ImagePrep,
-    decode_image,
-    decode_thumbnail,
-    prepare_image,
-    scan_folder,
-    thumbnail,
-    unhashable_entries,
-)
 from stages.common.io import (
     check_room,
     npy_writer,
@@ -61,7 +50,9 @@ from stages.common.io import (
     write_json,
 )
 from stages.common.params import ParamsError, load_params
+from stages.common.prep import NOTES, ImagePrep, decode_image, prepare_image
 from stages.common.progress import Progress
+from stages.common.scan import SKIP_REASONS, scan_folder, unhashable_entries
 from stages.common.store import (
     Store,
     assemble,
@@ -569,7 +560,9 @@ def main() -> None:
         identities = [identities[i] for i in keep]
     prep = ImagePrep.from_params(data)
     size = prep.image_size
-    code = code_digest(Path(__file__), Path(paths.__file__).with_name("images.py"))
+    code = code_digest(
+        __file__, *(Path(paths.__file__).with_name(f) for f in ("decode.py", "prep.py"))
+    )
     keys = store_keys(digest("split", prep.as_dict(), code), identities)
     pairs = [(paths.split_index(s).name, paths.split_images(s).name) for s in SPLITS]
     store = load_store(pairs)

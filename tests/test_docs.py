@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # A section cited in code or params.yaml: README "Title", README, "Title", (README: Title) or
 # docs/page.md "Title".
 CITATION = re.compile(r'(README|docs/[\w-]+\.md)(?:,? "([^"]+)"|: ([A-Z][\w\s]+\w))')
-CODE = ["stages", "tools", "bench", "tests"]
+CODE = ["stages", "app", "tools", "bench", "tests"]
 
 
 def headings(page: Path) -> set[str]:

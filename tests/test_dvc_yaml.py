@@ -220,3 +220,55 @@ def test_every_output_has_one_stage() -> None:
         for out in declared_outs(stage):
             assert out not in owners, f"{out} is an out of both '{owners[out]}' and '{name}'"
             owners[out] = name
+
+
+APP_ROOT = "app"
+
+
+def imported_roots(path: Path) -> set[str]:
+    """The top-level packages one file imports, anywhere in it (absolute imports only)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_no_stage_module_imports_the_app() -> None:
+    """A stage's code deps are ``stages/`` only: an import of ``app/`` would be a dependency that
+    dvc.yaml cannot see (and predict or serve would then be part of the pipeline)."""
+    importers = sorted(
+        str(p.relative_to(REPO_ROOT))
+        for p in (REPO_ROOT / CODE_ROOT).rglob("*.py")
+        if APP_ROOT in imported_roots(p)
+    )
+    assert not importers, (
+        f"{importers} import the {APP_ROOT} package: no stage may depend on it; "
+        "move what they use into stages/common/"
+    )
+
+
+def test_every_top_level_stages_module_is_a_stage() -> None:
+    """``stages/`` holds the DVC stages and ``stages/common/``: a command that is not a stage of
+    dvc.yaml (predict, serve) belongs in ``app/``."""
+    modules = {
+        f"{CODE_ROOT}.{p.stem}"
+        for p in (REPO_ROOT / CODE_ROOT).glob("*.py")
+        if p.stem != "__init__"
+    }
+    commands = {stage_module(stage) for stage in STAGES.values()}
+    assert modules == commands, (
+        f"stages/ modules that are no stage of dvc.yaml: {sorted(modules - commands)} (move them to "
+        f"{APP_ROOT}/); dvc.yaml stages with no module: {sorted(commands - modules)}"
+    )
+    assert {p.name for p in (REPO_ROOT / CODE_ROOT).iterdir() if p.is_dir()} <= {
+        "common",
+        "__pycache__",
+    }, "stages/ holds a folder other than common/"
+    assert not [
+        p.name
+        for p in (REPO_ROOT / CODE_ROOT).iterdir()
+        if p.is_file() and p.suffix not in (".py", ".pyc")
+    ], "stages/ holds a file that is no stage module (a page or data file belongs with its user)"

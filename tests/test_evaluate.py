@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO_ROOT, run
 
 from stages.common import paths
-from stages.common.images import ImagePrep
+from stages.common.prep import ImagePrep
 from stages.common.stats import wilson_interval
 
 CLASSES = ["a", "b", "c"]

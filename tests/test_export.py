@@ -177,8 +177,9 @@ def test_raw_image_formats_agree_on_phone_photos(shipped_repo: Path, tmp_path: P
     probe = (
         "import json, sys, numpy as np\n"
         "from PIL import Image, ImageOps\n"
-        "from stages.common.classifier import load_bundle, classify\n"
-        "from stages.common.images import decode_image\n"
+        "from app.classifier import load_bundle\n"
+        "from stages.common.classifier import classify\n"
+        "from stages.common.prep import decode_image\n"
         "from stages.export import raw_saved_model, raw_tflite, raw_onnx\n"
         "files = sys.argv[1:]\n"
         "b = load_bundle()\n"

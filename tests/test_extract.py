@@ -19,8 +19,8 @@ from conftest import REPO_ROOT, run
 
 from stages import extract
 from stages.common import paths
-from stages.common.images import to_model_input
 from stages.common.io import load_npy, npy_writer, save_npy
+from stages.common.resnet50 import to_model_input
 from stages.common.tf import setup_keras
 from stages.common.weights import load_resnet50
 

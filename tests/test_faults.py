@@ -87,7 +87,7 @@ def keyword(call: ast.Call, name: str) -> object:
     return None
 
 
-STAGE_SOURCES = sorted((REPO_ROOT / "stages").rglob("*.py"))
+STAGE_SOURCES = sorted(p for d in ("stages", "app") for p in (REPO_ROOT / d).rglob("*.py"))
 
 
 @pytest.mark.parametrize("path", STAGE_SOURCES, ids=lambda p: str(p.relative_to(REPO_ROOT)))

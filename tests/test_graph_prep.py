@@ -17,7 +17,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from bench.photo_data import photo_files, write_set
-from stages.common.images import ImagePrep, _to_rgb, prepare_image
+from stages.common.decode import to_rgb
+from stages.common.prep import ImagePrep, prepare_image
 
 tf = pytest.importorskip("tensorflow")
 graph_prep = pytest.importorskip("stages.common.graph_prep")
@@ -90,12 +91,12 @@ def degenerate_images() -> dict[str, Image.Image]:
 
 @pytest.mark.parametrize("prep_name", ["defaults", "old_behaviour"])
 def test_degenerate_images_give_what_prepare_image_gives(prep_name: str) -> None:
-    """The client converts grey and RGBA to RGB (RGBA onto white, as ``_to_rgb`` does); the graph
+    """The client converts grey and RGBA to RGB (RGBA onto white, as ``to_rgb`` does); the graph
     then gives the same defined result as Python, never an error inside the graph."""
     prep = PREPS[prep_name]
     prepare = in_graph(prep)
     for name, img in degenerate_images().items():
-        client_rgb = np.asarray(_to_rgb(img))
+        client_rgb = np.asarray(to_rgb(img))
         want = prepare_image(img, prep)
         got = prepare(client_rgb).numpy()
         try:

@@ -5,7 +5,7 @@ project, on the real thing (docs/serve.md, docs/bad-input.md).
   where the tests may mount one) and a file-size limit end in one ERROR line with the earlier
   outputs intact; non-UTF-8 names, FIFOs, sockets, devices and dangling symlinks are skipped
   and counted, never hang; ``split --check`` names what DVC cannot hash.
-* The try-it server (``python -m stages.serve`` on the tiny exported pipeline, slow): DNS
+* The try-it server (``python -m app.serve`` on the tiny exported pipeline, slow): DNS
   rebinding and cross-origin requests (raw HTTP and headless Chromium), malformed headers,
   security headers on every response, bad options, IPv6, a connection flood, memory bombs
   (8 concurrent 64-megapixel uploads), SIGTERM and SIGHUP under load.
@@ -306,7 +306,7 @@ def test_bad_options_are_refused_in_one_line(shipped_repo):
         ["--port", "70000"],
         ["--host", "no such host.invalid"],
     ):
-        result = run(["python", "-m", "stages.serve", *option], shipped_repo, check=False)
+        result = run(["python", "-m", "app.serve", *option], shipped_repo, check=False)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, (option, result.stderr)
         assert len(lines) == 1 and lines[0].startswith("ERROR: "), (option, result.stderr)

@@ -1,4 +1,4 @@
-"""Decoding real files of every odd kind, and scanning real folders: stages/common/images.py.
+"""Decoding real files of every odd kind and scanning real folders: common/decode.py, scan.py.
 
 Every fixture is generated here (Pillow, numpy, a few hand-made PNG and JPEG headers).
 """
@@ -15,15 +15,10 @@ import pytest
 from conftest import png_bytes, scanlines, snapshot, write_images
 from PIL import Image
 
+from stages.common.decode import MAX_PIXELS, ImageError
 from stages.common.errors import PipelineError
-from stages.common.images import (
-    MAX_PIXELS,
-    SKIP_REASONS,
-    ImageError,
-    ImagePrep,
-    decode_image,
-    scan_folder,
-)
+from stages.common.prep import ImagePrep, decode_image
+from stages.common.scan import SKIP_REASONS, scan_folder
 
 # The pipeline's behaviour before the image-preparation params: every format case below is
 # about decoding, not about cropping or normalising.

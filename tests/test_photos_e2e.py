@@ -43,7 +43,7 @@ def test_predict_on_photos_equals_evaluate(pipeline_repo: Path, tmp_path: Path) 
     assert len(rows) == 20  # two test photos per class
     files = [str(photos / "photos" / row["source"]) for row in rows]
     out = tmp_path / "predicted.csv"
-    run(["python", "-m", "stages.predict", *files, "--out", str(out)], pipeline_repo)
+    run(["python", "-m", "app.predict", *files, "--out", str(out)], pipeline_repo)
     predicted = list(csv.DictReader(out.open()))
     assert [r["path"] for r in predicted] == files
     assert [r["class_1"] for r in predicted] == [r["predicted"] for r in rows]

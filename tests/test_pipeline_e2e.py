@@ -151,7 +151,7 @@ def test_predict_agrees_with_evaluate(repo: Path, tmp_path: Path) -> None:
     (tmp_path / "notes.png").write_text("not an image")
     out = tmp_path / "predictions.csv"
     result = run(
-        ["python", "-m", "stages.predict", str(tmp_path), "--top", "3", "--out", str(out)],
+        ["python", "-m", "app.predict", str(tmp_path), "--top", "3", "--out", str(out)],
         repo,
         check=False,
     )

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from stages.common.errors import PipelineError
-from stages.common.images import ImagePrep, decode_image, ink_box, prepare_image
+from stages.common.prep import ImagePrep, decode_image, ink_box, prepare_image
 
 EXIF_ORIENTATION = 0x0112
 
@@ -185,7 +185,7 @@ def test_split_decodes_many_files_in_worker_processes_with_the_same_result(tmp_p
 
 
 def test_thumbnail_of_the_original_keeps_its_aspect_and_fills_the_square() -> None:
-    from stages.common.images import thumbnail
+    from stages.common.decode import thumbnail
 
     scan = thumbnail(Image.fromarray(np.full((28, 28), 255, np.uint8)), 96)
     assert scan.shape == (96, 96, 3) and scan.min() == 255  # a small scan fills it

@@ -1,4 +1,4 @@
-"""The try-it page: a real ``python -m stages.serve`` on the tiny exported pipeline, real requests,
+"""The try-it page: a real ``python -m app.serve`` on the tiny exported pipeline, real requests,
 and the page in headless Chromium (through Playwright, with the system's Chromium).
 
 The tests of this module share one server and run in file order; the last one stops it and

@@ -16,7 +16,7 @@ import pytest
 from conftest import copy_project, png_bytes, run, snapshot, write_images, write_params
 
 from stages.common import paths
-from stages.common.images import SKIP_REASONS
+from stages.common.scan import SKIP_REASONS
 
 SPLITS = ("train", "val", "test")
 

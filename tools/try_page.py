@@ -1,4 +1,4 @@
-"""Drive the try-it page (``python -m stages.serve``): a server process and a headless Chromium.
+"""Drive the try-it page (``python -m app.serve``): a server process and a headless Chromium.
 
 Used by ``tests/test_serve.py`` and to take the README's screenshot::
 
@@ -47,13 +47,13 @@ SEVEN = [[(0.25, 0.2), (0.75, 0.2)], [(0.75, 0.2), (0.42, 0.85)]]
 
 
 class Server:
-    """``python -m stages.serve --port 0`` in ``repo``; ``url`` once it listens, ``stop()`` ends it."""
+    """``python -m app.serve --port 0`` in ``repo``; ``url`` once it listens, ``stop()`` ends it."""
 
     def __init__(
         self, repo: Path, args: Sequence[str] = (), env: dict | None = None, wait: float = 300
     ) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "stages.serve", "--port", "0", *args],
+            [sys.executable, "-m", "app.serve", "--port", "0", *args],
             cwd=repo,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
             stdout=subprocess.PIPE,

@@ -53,10 +53,14 @@ def record_time(stage: str, seconds: float, path: Path = paths.STAGE_TIMES) -> N
         f.write(json.dumps({"stage": stage, "seconds": round(seconds, 3)}) + "\n")
 
 
+# The packages whose modules run as commands: the stages and the app on the shipped model.
+COMMAND_PACKAGES = ("stages.", "app.")
+
+
 def is_stage_process() -> bool:
-    """True when this process was started as ``python -m stages.<name>``."""
+    """True when this process was started as ``python -m stages.<name>`` or ``app.<name>``."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    return spec is not None and spec.name.startswith("stages.")
+    return spec is not None and spec.name.startswith(COMMAND_PACKAGES)
 
 
 def exit_finished_stage(status: int = 0) -> None:
@@ -76,7 +80,7 @@ def exit_finished_stage(status: int = 0) -> None:
 
 
 def end_command(status: int) -> NoReturn:
-    """End a command of ``stages/`` (predict, serve) whose main() returned ``status``, with no
+    """End a command of ``app/`` (predict, serve) whose main() returned ``status``, with no
     teardown in a stage process (``exit_finished_stage``; for serve it would also run while
     daemon request threads may still be inside TensorFlow), else with ``sys.exit``."""
     exit_finished_stage(status)

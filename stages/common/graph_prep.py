@@ -2,7 +2,7 @@
 
 The exported raw-image models (SavedModel signature ``classify_image``, ``classify_image.tflite``,
 ``classify_image.onnx``) carry this graph, so a client passes the decoded photo and nothing else.
-``stages.common.images.prepare_image`` (Python, Pillow) stays the reference; this module
+``stages.common.prep.prepare_image`` (Python, Pillow) stays the reference; this module
 re-implements each of its steps with the same constants and the same arithmetic:
 
 * Pillow's resize (``_reduce``: bicubic, ``fit_square``: bilinear, both antialiased when
@@ -30,7 +30,7 @@ from fractions import Fraction
 
 import tensorflow as tf
 
-from stages.common.images import (
+from stages.common.prep import (
     ANALYSIS_SIDE,
     INK_FRACTION,
     MIN_INK_CONTRAST,
@@ -157,7 +157,7 @@ def _shifts3x3(x: tf.Tensor) -> tf.Tensor:
 
 
 def paper_grid(channel: tf.Tensor) -> tf.Tensor:
-    """``images._paper_grid``: the page's level per cell, then the 3x3 median of the grid."""
+    """``prep._paper_grid``: the page's level per cell, then the 3x3 median of the grid."""
     h, w = tf.shape(channel)[0], tf.shape(channel)[1]
     short = tf.minimum(h, w)
     count = tf.clip_by_value(short // 24, 1, 8)
@@ -173,7 +173,7 @@ def paper_grid(channel: tf.Tensor) -> tf.Tensor:
 
 
 def background(channel: tf.Tensor) -> tf.Tensor:
-    """``images.background``: the page level under every pixel of a 2-D float array."""
+    """``prep.background``: the page level under every pixel of a 2-D float array."""
     shape = tf.shape(channel)
     return resize_float(paper_grid(channel), shape[0], shape[1])
 
@@ -193,7 +193,7 @@ def _first_last(flags: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
 
 
 def ink_box(gray: tf.Tensor, margin: float, square: bool):
-    """``images.ink_box``: (found, left, top, right, bottom), int32 scalars; the whole image when
+    """``prep.ink_box``: (found, left, top, right, bottom), int32 scalars; the whole image when
     no ink stands out (found is False)."""
     h, w = tf.shape(gray)[0], tf.shape(gray)[1]
     short = tf.minimum(h, w)
@@ -223,7 +223,7 @@ def ink_box(gray: tf.Tensor, margin: float, square: bool):
 
 
 def stretch(array: tf.Tensor) -> tf.Tensor:
-    """``images._stretch``: each channel from its 1st..95th percentile to 0..255, truncated."""
+    """``prep._stretch``: each channel from its 1st..95th percentile to 0..255, truncated."""
     channels = tf.transpose(tf.reshape(array, [-1, 3]))  # (3, n)
     lo = _low_percentile(channels, 1)
     hi = percentile(channels, 95)
@@ -234,7 +234,7 @@ def stretch(array: tf.Tensor) -> tf.Tensor:
 
 
 def _reduced_size(height, width, side: int):
-    """``images._reduce``'s output size: the long side at most ``side``, aspect kept."""
+    """``prep._reduce``'s output size: the long side at most ``side``, aspect kept."""
     h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
     scale = side / tf.maximum(h_f, w_f)
     shrink = scale < 1.0
@@ -244,7 +244,7 @@ def _reduced_size(height, width, side: int):
 
 
 def border_colour(image: tf.Tensor) -> tf.Tensor:
-    """``images._border_colour``: the median of the outermost pixels per channel, truncated."""
+    """``prep._border_colour``: the median of the outermost pixels per channel, truncated."""
     border = tf.concat([image[0], image[-1], image[:, 0], image[:, -1]], axis=0)  # (n, 3)
     values = tf.transpose(border)  # (3, n), n even (2 w + 2 h)
     n = tf.shape(values)[-1]
@@ -254,7 +254,7 @@ def border_colour(image: tf.Tensor) -> tf.Tensor:
 
 
 def fit_square(image: tf.Tensor, fit: str, size: int) -> tf.Tensor:
-    """``images.fit_square`` of an 8-bit (h, w, 3) float image: square by ``fit``, then resized."""
+    """``prep.fit_square`` of an 8-bit (h, w, 3) float image: square by ``fit``, then resized."""
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     if fit == "center_crop":
         side = tf.minimum(h, w)

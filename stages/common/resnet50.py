@@ -44,3 +44,17 @@ def weights_content_hash(model) -> str:
     for array in model.get_weights():
         digest.update(np.ascontiguousarray(array, dtype="<f4").tobytes())
     return digest.hexdigest()
+
+
+def to_model_input(batch):
+    """Turn a uint8 RGB batch ``(n, h, w, 3)`` into ResNet50's input: ``preprocess_input``.
+
+    The one preprocessing function used for training features (inside extract's compiled
+    forward pass, on tensors), evaluation and prediction (on numpy arrays).
+    """
+    from keras import ops
+    from keras.applications.resnet50 import preprocess_input
+
+    if len(batch.shape) != 4 or batch.shape[-1] != 3:
+        raise ValueError(f"expected a batch of RGB images (n, h, w, 3), got shape {batch.shape}")
+    return preprocess_input(ops.cast(batch, "float32"))

@@ -1,6 +1,6 @@
-"""Try the model in a browser: ``python -m stages.serve [--host 127.0.0.1] [--port 8000]``.
+"""Try the model in a browser: ``python -m app.serve [--host 127.0.0.1] [--port 8000]``.
 
-Serves one self-contained page (``stages/serve.html``: no fonts, scripts or styles from
+Serves one self-contained page (``app/serve.html``: no fonts, scripts or styles from
 anywhere else) where a person drops photos or draws a digit and sees the top-3 classes and the
 image as the model sees it. Each image goes through what training used: ``decode_image`` with
 the exported settings (``models/export/prep.json``), then ``models/classifier.keras``.
@@ -56,14 +56,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from stages.common import paths
+from stages.common.decode import MAX_PIXELS, ImageError
 from stages.common.errors import end_command
-from stages.common.images import (
-    ANALYSIS_SIDE,
-    MAX_PIXELS,
-    ImageError,
-    decode_image,
-    prepare_image,
-)
+from stages.common.prep import ANALYSIS_SIDE, decode_image, prepare_image
 
 PAGE = Path(__file__).with_name("serve.html")
 DEFAULT_PORT = 8000
@@ -267,7 +262,7 @@ class Classifier:
     """The exported bundle: one prediction at a time, decodes within a memory budget."""
 
     def __init__(self, models: Path, scratch: Path, budget: MemoryBudget) -> None:
-        from stages.common.classifier import load_bundle
+        from app.classifier import load_bundle
 
         self.bundle = load_bundle(models)
         self.scratch = scratch
@@ -644,7 +639,7 @@ class OneLineParser(argparse.ArgumentParser):
     """Bad options end the command with one ``ERROR:`` line, not a usage block."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"ERROR: {message} (python -m stages.serve --help lists them).", file=sys.stderr)
+        print(f"ERROR: {message} (python -m app.serve --help lists them).", file=sys.stderr)
         sys.exit(2)
 
 
@@ -671,7 +666,7 @@ def port_number(text: str) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = OneLineParser(prog="python -m stages.serve", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m app.serve", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind: 127.0.0.1 (default), ::1, 0.0.0.0, ::"
     )

@@ -1,4 +1,4 @@
-"""Classify new images with the trained pipeline: ``python -m stages.predict PATH... [--top K] [--out CSV]``.
+"""Classify new images with the trained pipeline: ``python -m app.predict PATH... [--top K] [--out CSV]``.
 
 PATHs are image files or folders (searched recursively). Each file is decoded to uint8 RGB
 (``decode_photo``: EXIF orientation applied, as any client's decoder does) and classified by the
@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from stages.common import paths
+from stages.common.decode import ImageError
 from stages.common.errors import end_command
-from stages.common.images import IMAGE_EXTENSIONS, ImageError, is_stray
 from stages.common.io import write_csv
+from stages.common.scan import IMAGE_EXTENSIONS, is_stray
 
 
 def find_images(paths: list[str]) -> list[Path]:
@@ -43,7 +44,7 @@ def find_images(paths: list[str]) -> list[Path]:
 
 def classify_all(files: list[Path], prep, classify_image, n_classes: int):
     """Decode and classify every file; print one error line per unusable file and count them."""
-    from stages.common.classifier import decode_photo
+    from app.classifier import decode_photo
 
     good, rows, errors = [], [], 0
     for path in files:
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         print(f"ERROR: no image files found in {args.paths}", file=sys.stderr)
         return 2
-    from stages.common.classifier import load_bundle, load_raw_classifier
+    from app.classifier import load_bundle, load_raw_classifier
 
     bundle = load_bundle(args.models)
     classify_image = load_raw_classifier(args.models)
