@@ -11,8 +11,9 @@ figures, nested under its name in results.json, and its rows of the table (``tab
   ``train.*`` change, the head-only iteration ``dvc exp run evaluate -S train.seed=S`` (median
   of three) and ``dvc exp run`` with export; whether split and evaluate import TensorFlow;
 * ``head_floor``: the head's epoch inside ``fit_head`` against its matmul floor, as set and in
-  float32;
-* ``rss``: the extract stage's peak memory for 2,000 and 20,000 images.
+  float32.
+
+Peak memory against the folder's size is ``bench.growing``'s (split, augment and extract).
 
 Stage times are what each stage records itself (``paths.STAGE_TIMES``), not parsed from logs.
 Timings interleave what they compare and keep the best of a few repetitions, so that a machine
@@ -25,7 +26,6 @@ import argparse
 import itertools
 import json
 import re
-import shutil
 import statistics
 import sys
 import tempfile
@@ -213,32 +213,41 @@ def bench_import(repo: Path | None) -> tuple[dict, list[Row]]:
     return {"seconds": min(times), "runs": times}, [row]
 
 
+def extract_rows(size: int, streams: dict, one: dict, limit: float) -> list[Row]:
+    """The stage's speed at one size, and the same against ``limit`` (GFLOP/s) as a fraction."""
+    flops = streams["flops_per_image"]
+    share = {k: fmt(v * flops / (limit * 1e9)) for k, v in one.items() if k.endswith("per_s")}
+    speedup = fmt(streams["images_per_s"] / one["predict_images_per_s"])
+    speed = f"{streams['streams']} streams; as one stream: {fmt(one['images_per_s'])}; "
+    speed += f"plain `model.predict`: {fmt(one['predict_images_per_s'])}; x{speedup}"
+    fraction = f"{fmt(flops / 1e9)} GFLOP/image up to {streams['layer']}; one stream: "
+    fraction += f"{share['images_per_s']}; predict: {share['predict_images_per_s']}"
+    fraction += "; target ≥ 0.75" if size == 64 else ""
+    return [
+        [f"extract, {size} px (images/s)", fmt(streams["images_per_s"]), speed],
+        [
+            f"extract_fraction_of_limit, {size} px",
+            fmt(streams["images_per_s"] * flops / (limit * 1e9)),
+            fraction,
+        ],
+    ]
+
+
 def bench_extract(repo: Path | None) -> tuple[dict, list[Row]]:
-    sizes, rows, limits = {}, [], []
+    """Each size in a process with one stream per core and in one with one stream; one limit for
+    all three figures of a size: the best matmul rate either process measured."""
+    sizes, speed_rows, fraction_rows = {}, [], []
     for size, (images, reps) in EXTRACT_PLANS.items():
         plan = {"size": size, "images": images, "reps": reps}
         streams, one = probe("extract", **plan), probe("extract", **plan, one_stream=True)
-        sizes[size] = {"streams": streams, "one_stream": one}
-        speedup = streams["images_per_s"] / one["predict_images_per_s"]
-        notes = f"{streams['streams']} streams; as one stream: {fmt(one['images_per_s'])}; "
-        notes += f"plain `model.predict`: {fmt(one['predict_images_per_s'])}; x{fmt(speedup)}"
-        rows.append([f"extract, {size} px (images/s)", fmt(streams["images_per_s"]), notes])
-        limits.append(max(streams["sgemm_gflops"], one["sgemm_gflops"]))
-    limit = max(limits)
-    rows.append(["float32 matmul 2048² (GFLOP/s, best)", fmt(limit), "the limit"])
-    for (size, r), size_limit in zip(sizes.items(), limits, strict=True):
-        # One limit per size for all three: the best matmul rate either process measured.
-        flops = r["streams"]["flops_per_image"]
-        share = lambda rate: fmt(rate * flops / (size_limit * 1e9))  # noqa: E731, B023
-        notes = f"{fmt(flops / 1e9)} GFLOP/image up to {r['streams']['layer']}; one stream: "
-        notes += f"{share(r['one_stream']['images_per_s'])}; predict: "
-        notes += share(r["one_stream"]["predict_images_per_s"]) + (
-            "; target ≥ 0.75" if size == 64 else ""
-        )
-        rows.append(
-            [f"extract_fraction_of_limit, {size} px", share(r["streams"]["images_per_s"]), notes]
-        )
-    return {"sgemm_gflops": limit, "sizes": sizes}, rows
+        limit = max(streams["sgemm_gflops"], one["sgemm_gflops"])
+        sizes[size] = {"streams": streams, "one_stream": one, "sgemm_gflops": limit}
+        speed, fraction = extract_rows(size, streams, one, limit)
+        speed_rows.append(speed)
+        fraction_rows.append(fraction)
+    limit = max(r["sgemm_gflops"] for r in sizes.values())
+    limit_row = ["float32 matmul 2048² (GFLOP/s, best)", fmt(limit), "the limit"]
+    return {"sgemm_gflops": limit, "sizes": sizes}, [*speed_rows, limit_row, *fraction_rows]
 
 
 def repro(repo: Path, *args: str) -> tuple[Done, dict[str, float]]:
@@ -338,49 +347,11 @@ def bench_head_floor(repo: Path) -> tuple[dict, list[Row]]:
     ]
 
 
-def write_synthetic_split(folder: Path, n: int, size: int) -> None:
-    """data/split and data/augmented as the extract stage reads them, with n training images."""
-    from stages.common.io import npy_writer, save_npy
-
-    rng = np.random.default_rng(0)
-    with npy_writer(folder / paths.split_images("train"), (n, size, size, 3), np.uint8) as out:
-        for lo in range(0, n, 1000):
-            out[lo : lo + 1000] = rng.integers(0, 256, out[lo : lo + 1000].shape, dtype=np.uint8)
-    save_npy(folder / paths.split_labels("train"), np.arange(n, dtype=np.int32) % 10)
-    for name in ("val", "test"):
-        save_npy(
-            folder / paths.split_images(name), rng.integers(0, 256, (10, size, size, 3), np.uint8)
-        )
-        save_npy(folder / paths.split_labels(name), np.arange(10, dtype=np.int32))
-    save_npy(folder / paths.AUGMENTED_IMAGES, np.zeros((0, size, size, 3), np.uint8))
-    save_npy(folder / paths.AUGMENTED_LABELS, np.zeros(0, np.int32))
-
-
-def bench_rss(
-    repo: Path | None, counts: tuple[int, int] = (2_000, 20_000), size: int = 32
-) -> tuple[dict, list[Row]]:
-    peaks = {}
-    for n in counts:
-        with tempfile.TemporaryDirectory() as tmp:
-            write_synthetic_split(Path(tmp), n, size)
-            shutil.copy(ROOT / paths.PARAMS_FILE, Path(tmp) / paths.PARAMS_FILE)
-            write_params(tmp, {"extract.weights": "random"})
-            peaks[n] = run([sys.executable, "-m", "stages.extract"], Path(tmp)).peak_rss_mb
-    growth = peaks[counts[1]] / peaks[counts[0]] - 1
-    rows = [
-        [f"extract stage peak RSS, {n:,} images at {size} px (MB)", fmt(p), ""]
-        for n, p in peaks.items()
-    ]
-    rows.append([f"  growth {counts[0]:,} -> {counts[1]:,} images", fmt(growth), "target ≤ 0.10"])
-    return {"image_size": size, "peak_rss_mb": peaks, "growth": growth}, rows
-
-
 SECTIONS = {
     "import": bench_import,
     "extract": bench_extract,
     "repro": bench_repro,
     "head_floor": bench_head_floor,
-    "rss": bench_rss,
 }
 NEEDS_REPO = {"repro", "head_floor"}
 
