@@ -2,7 +2,7 @@
 a seed-like configuration, and the baselines (on the original images and on the augmented set).
 
     python -m bench.accuracy [--data digits|mnist] [--seeds 42 7 123] [--head-seeds 42 1]
-                             [--configs ...] [--keep DIR]
+                             [--configs ...]
 
 Runs ``dvc exp run evaluate -S split.seed=S -S train.seed=H ...`` (ImageNet weights) for every
 configuration, split seed and head seed in one scratch copy (``bench/common.py``: params.yaml
@@ -92,9 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 123])
     parser.add_argument("--head-seeds", type=int, nargs="+", default=[42, 1])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep it")
     args = parser.parse_args(argv)
-    with scratch("accuracy", args.keep) as repo:
+    with scratch("accuracy") as repo:
         runs = {
             config: [
                 run_one(repo, seed, head_seed, [*DATA[args.data], *CONFIGS[config]])

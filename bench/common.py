@@ -13,7 +13,6 @@ import glob
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -163,16 +162,11 @@ def write_record(path: Path, record: dict[str, Any], module: str, argv: Sequence
 
 
 @contextmanager
-def scratch(prefix: str, keep: Path | None = None, **kwargs: Any) -> Iterator[Path]:
-    """A committed scratch copy of the project (``tools/scratch.py``; ``kwargs`` go to
-    ``scratch_repo``) in ``keep``, kept, or in a temporary folder, removed."""
-    work = keep or Path(tempfile.mkdtemp(prefix=f"bench-{prefix}-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        yield scratch_repo(work / "repo", root=ROOT, name="bench", **kwargs)
-    finally:
-        if keep is None:
-            shutil.rmtree(work, ignore_errors=True)
+def scratch(prefix: str, **kwargs: Any) -> Iterator[Path]:
+    """A committed scratch copy of the project in a temporary folder (``tools/scratch.py``;
+    ``kwargs`` go to ``scratch_repo``), removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-{prefix}-", ignore_cleanup_errors=True) as work:
+        yield scratch_repo(Path(work) / "repo", root=ROOT, name="bench", **kwargs)
 
 
 def exp_run(repo: Path, sets: Sequence[str], target: str | None = "evaluate") -> Done:

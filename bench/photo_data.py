@@ -1,9 +1,9 @@
 """A seeded benchmark set of simulated phone photos of real handwritten (MNIST) digits.
 
-``write_set(OUT, ...)`` writes ``OUT/photos/<digit>/<name>.jpg`` and the same digits as clean, tight scans,
-``OUT/scans/<digit>/<name>.png`` (28 px, dark ink on white), plus ``OUT/info.json``. The
-digits are the first ``--per-class`` of each class in a seeded permutation of the MNIST
-digits from ``stages/common/mnist.py``.
+``write_set(OUT, ...)`` writes ``OUT/photos/<digit>/<name>.jpg``, the same digits as clean,
+tight scans ``OUT/scans/<digit>/<name>.png`` (28 px, dark ink on white) and ``OUT/info.json``:
+the first ``per_class`` digits of each class in a seeded permutation of the MNIST digits of
+``stages/common/mnist.py``.
 
 Each photo is what a phone gives for a digit written on a sheet of paper: a portrait
 ``width`` x ``height`` JPEG; paper of some colour under a light gradient and a vignette; ink
@@ -11,8 +11,9 @@ of some colour, slightly blurred; the digit 25-50 % of the short side tall, off-
 slightly rotated; sensor noise; and an EXIF orientation of 1, 6 or 8 with the pixels stored
 rotated accordingly (as phones do), so only a reader that applies the orientation sees the
 page upright. Everything is drawn from one ``numpy`` generator per image, seeded by
-``(seed, MNIST index)``: the same arguments give the same bytes (``tests/bench/test_photo_data.py``),
-and the set for a smaller ``--per-class`` is part of a larger one.
+``(seed, MNIST index)``: the same arguments give the same bytes
+(``tests/bench/test_photo_data.py``), and the set for a smaller ``per_class`` is part of a
+larger one.
 """
 
 from __future__ import annotations

@@ -83,7 +83,6 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--mnist-per-class", type=int, default=200)
-    parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep it")
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=["scans", "photos", "embedded digits", "mnist"]
     )
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         "embedded digits": ["data.source=digits"],
     }
     runs, heldout = [], {}
-    with scratch("photos", args.keep) as repo:
+    with scratch("photos") as repo:
         for (data, sets), (prep, old) in itertools.product(datasets.items(), PREPS.items()):
             if data not in args.skip:
                 runs.append({"data": data, "preparation": prep, **full_run(repo, sets + old)})

@@ -118,11 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 123])
     parser.add_argument("--head-seeds", type=int, nargs="+", default=[42, 1])
     parser.add_argument("--data", nargs="+", default=["mnist"], choices=list(DATA))
-    parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep it")
     args = parser.parse_args(argv)
     # One record for every key (each run adds or replaces its keys); no command or machine in it.
     record = json.loads(OUT.read_text()) if OUT.exists() else {}
-    with scratch("selection", args.keep) as repo:
+    with scratch("selection") as repo:
         for key in args.keys:
             record[key] = {"data": args.data, "seeds": args.seeds, "head_seeds": args.head_seeds}
             record[key] |= select(repo, key, args.seeds, args.head_seeds, args.data)
