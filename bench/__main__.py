@@ -1,8 +1,8 @@
 """``python -m bench [NAME ...]``: every registered benchmark, or the ones named.
 
-Each module ``bench/<name>.py`` has a ``main()`` that writes its record ``bench/<name>.json``
-(``bench.run``: ``bench/results.json``) and is run here with no arguments; run one module with
-its own options as ``python -m bench.<name> --help`` says. A new benchmark is one line below.
+Each module ``bench/<name>.py`` has a ``main(argv)`` that writes its record ``bench/<name>.json``
+(``bench.run``: ``bench/results.json``); here each runs as ``main([])``, with its defaults
+(``python -m bench.<name> --help`` lists its options). A new benchmark is one line below.
 """
 
 from __future__ import annotations

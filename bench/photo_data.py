@@ -1,11 +1,9 @@
 """A seeded benchmark set of simulated phone photos of real handwritten (MNIST) digits.
 
-    python -m bench.photo_data OUT [--per-class 100] [--seed 0] [--width 3024 --height 4032]
-
-Writes ``OUT/photos/<digit>/<name>.jpg`` and the same digits as clean, tight scans,
-``OUT/scans/<digit>/<name>.png`` (28 px, dark ink on white), plus ``OUT/info.json``. The
-digits are the first ``--per-class`` of each class in a seeded permutation of the MNIST
-digits from ``stages/common/mnist.py``.
+``write_set(OUT, ...)`` writes ``OUT/photos/<digit>/<name>.jpg``, the same digits as clean,
+tight scans ``OUT/scans/<digit>/<name>.png`` (28 px, dark ink on white) and ``OUT/info.json``:
+the first ``per_class`` digits of each class in a seeded permutation of the MNIST digits of
+``stages/common/mnist.py``.
 
 Each photo is what a phone gives for a digit written on a sheet of paper: a portrait
 ``width`` x ``height`` JPEG; paper of some colour under a light gradient and a vignette; ink
@@ -13,15 +11,17 @@ of some colour, slightly blurred; the digit 25-50 % of the short side tall, off-
 slightly rotated; sensor noise; and an EXIF orientation of 1, 6 or 8 with the pixels stored
 rotated accordingly (as phones do), so only a reader that applies the orientation sees the
 page upright. Everything is drawn from one ``numpy`` generator per image, seeded by
-``(seed, MNIST index)``: the same arguments give the same bytes (``tests/test_photo_data.py``),
-and the set for a smaller ``--per-class`` is part of a larger one.
+``(seed, MNIST index)``: the same arguments give the same bytes
+(``tests/bench/test_photo_data.py``), and the set for a smaller ``per_class`` is part of a
+larger one.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -109,9 +109,8 @@ def render_photo(digit: np.ndarray, rng: np.random.Generator, width: int, height
     return out.getvalue()
 
 
-def _colour(values: np.ndarray) -> tuple[int, int, int]:
-    r, g, b = (int(v) for v in np.clip(values, 0, 255))
-    return r, g, b
+def _colour(values: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.clip(values, 0, 255))
 
 
 def scan_png(digit: np.ndarray) -> bytes:
@@ -137,14 +136,8 @@ def write_set(out: Path, per_class: int, seed: int, width: int, height: int) -> 
         if not scan.is_file():
             scan.parent.mkdir(parents=True, exist_ok=True)
             scan.write_bytes(scan_png(digit))
-    info = {
-        "per_class": per_class,
-        "seed": seed,
-        "width": width,
-        "height": height,
-        "digits": len(labels),
-        "mnist_route": route,
-    }
+    info = {"per_class": per_class, "seed": seed, "width": width, "height": height}
+    info |= {"digits": len(labels), "mnist_route": route}
     (out / "info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
 
@@ -152,6 +145,17 @@ def write_set(out: Path, per_class: int, seed: int, width: int, height: int) -> 
 def photo_files(folder: Path) -> list[Path]:
     """The finished photos under ``folder`` (any depth), sorted; temporaries left out."""
     return sorted(p for p in folder.rglob("*.jpg") if not p.name.startswith("."))
+
+
+def photo_set(per_class: int) -> tuple[Path, list[Path], dict]:
+    """The benchmark set (12 MP, seed 0) cached in the temp folder as ``photo-bench-<per_class>``:
+    its folder, its photos and its info."""
+    folder = Path(tempfile.gettempdir()) / f"photo-bench-{per_class}"
+    info = write_set(folder, per_class, 0, 3024, 4032)
+    files = photo_files(folder / "photos")
+    if len(files) != 10 * per_class:
+        sys.exit(f"ERROR: {folder} holds {len(files)} photos, not {10 * per_class}: delete it")
+    return folder, files, info
 
 
 def example_sheet(out: Path, picture: Path, count: int = 6) -> None:
@@ -188,23 +192,3 @@ def example_sheet(out: Path, picture: Path, count: int = 6) -> None:
     picture.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(picture, dpi=80, metadata={"Software": None})
     plt.close(fig)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--per-class", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--width", type=int, default=3024)
-    parser.add_argument("--height", type=int, default=4032)
-    parser.add_argument("--examples", type=Path, help="also draw example photos into this PNG")
-    args = parser.parse_args()
-    info = write_set(args.out, args.per_class, args.seed, args.width, args.height)
-    print(f"wrote {info['digits']} photos and scans under {args.out}")
-    if args.examples:
-        example_sheet(args.out, args.examples)
-        print(f"wrote {args.examples}")
-
-
-if __name__ == "__main__":
-    main()

@@ -2,20 +2,15 @@
 images/s with the local engine vs Ray on 1 and 2 local nodes (the same images).
 
 ``python -m bench.scale`` (100k and 1M synthetic 1,024-d vectors; extract on 512 images) or
-``python -m bench.scale --small`` (a quick check); writes ``bench/scale.json`` with the measured
-values, the command and the machine. Each train size runs in a fresh process (its own peak RSS,
-``ru_maxrss``); the Ray rows are skipped, with the reason in the JSON, where Ray is not
-installed.
+``python -m bench.scale --small`` (a quick check) writes ``bench/scale.json``. Each train size
+runs in a fresh process (its own peak RSS); the Ray rows are skipped, with the reason in the
+record, where Ray is not installed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-OUT = Path(__file__).with_name("scale.json")
-DIM = 1024
-N_CLASSES = 10
-EPOCHS = 2
+from bench.common import ROOT, child, epoch_timer, print_result, write_record
+
+DIM, N_CLASSES, EPOCHS = 1024, 10, 2
 
 
 def write_features(folder: Path, n: int, seed: int = 0) -> None:
@@ -34,8 +28,7 @@ def write_features(folder: Path, n: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     x = np.lib.format.open_memmap(folder / "x.npy", mode="w+", dtype=np.float32, shape=(n, DIM))
     for lo in range(0, n, 65_536):
-        hi = min(n, lo + 65_536)
-        x[lo:hi] = rng.normal(size=(hi - lo, DIM)).astype(np.float32)
+        x[lo : lo + 65_536] = rng.normal(size=(min(n, lo + 65_536) - lo, DIM)).astype(np.float32)
     x.flush()
     del x
     np.save(folder / "y.npy", rng.integers(0, N_CLASSES, n).astype(np.int32))
@@ -44,7 +37,7 @@ def write_features(folder: Path, n: int, seed: int = 0) -> None:
 
 
 def train_child(folder: Path) -> None:
-    """In a fresh process: the stage's head on memory-mapped features; prints one JSON line."""
+    """In a fresh process: the stage's head on memory-mapped features; its best epoch time."""
     from stages import train as train_stage
     from stages.common.params import load_params
     from stages.common.tf import setup_keras
@@ -53,32 +46,22 @@ def train_child(folder: Path) -> None:
     keras = setup_keras(train["seed"])
     x, y = np.load(folder / "x.npy", mmap_mode="r"), np.load(folder / "y.npy")
     xv, yv = np.load(folder / "xv.npy", mmap_mode="r"), np.load(folder / "yv.npy")
-    times: list[float] = []
-
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.start)
-
-    model = train_stage.build_head(keras, x, N_CLASSES, train)
-    train_stage.fit_head(keras, model, (x, y), (xv, yv), train, folder / "log.csv", [Timer()])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"epoch_s": min(times), "peak_rss_bytes": peak}))
+    model, timer = train_stage.build_head(keras, x, N_CLASSES, train), epoch_timer(keras)
+    train_stage.fit_head(keras, model, (x, y), (xv, yv), train, folder / "log.csv", [timer])
+    print_result({"epoch_s": min(timer.seconds)})
 
 
 def train_row(n: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
         write_features(Path(tmp), n)
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.scale", "--train-child", tmp],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    row = json.loads(out.strip().splitlines()[-1])
-    return {"vectors": n, "dim": DIM, "feature_bytes": n * DIM * 4, **row}
+        result, done = child("scale", "--train-child", tmp)
+    return {
+        "vectors": n,
+        "dim": DIM,
+        "feature_bytes": n * DIM * 4,
+        **result,
+        "peak_rss_bytes": int(done.peak_rss_mb * 2**20),
+    }
 
 
 def extract_rows(n_images: int, size: int) -> list[dict]:
@@ -133,27 +116,19 @@ def extract_rows(n_images: int, size: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="2k and 20k vectors, 64 images")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "scale.json")
     parser.add_argument("--train-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.train_child:
-        train_child(Path(args.train_child))
-        return
-    sizes = (2_000, 20_000) if args.small else (100_000, 1_000_000)
+        return train_child(Path(args.train_child))
     record = {
-        "command": "python -m bench.scale" + (" --small" if args.small else ""),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-        },
-        "train": [train_row(n) for n in sizes],
+        "train": [train_row(n) for n in ((2_000, 20_000) if args.small else (100_000, 1_000_000))],
         "extract": extract_rows(64 if args.small else 512, 64),
         "gpu": "unmeasured: no GPU was lent to this run",
     }
-    OUT.write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record, indent=2))
+    write_record(args.out, record, "scale", sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

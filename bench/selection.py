@@ -12,11 +12,9 @@ read: the record holds val figures only, so that nothing here can be tuned on th
 
 One key at a time, from the current params.yaml (coordinate-wise): for each key in
 ``CANDIDATES`` every value is run with ``dvc exp run evaluate -S key=value -S split.seed=S
--S train.seed=H`` in a scratch copy of the project (``bench/experiments.py``: params.yaml put
-back before every run; ImageNet weights); stages whose deps and
-params did not change come from DVC's run cache. Writes ``bench/selection.json``: per key, the
-mean and per-run val log-loss and val accuracy of every value, the value chosen, and whether it
-is params.yaml's value.
+-S train.seed=H`` in a scratch copy of the project (``bench/common.py``: params.yaml put back
+before every run; ImageNet weights). Writes ``bench/selection.json``: per key, every value's
+val figures, the value chosen, and whether it is params.yaml's value.
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from bench.experiments import DATA, IMAGENET, ROOT, exp_run, metrics, scratch, write_record
+from bench.common import DATA, IMAGENET, ROOT, exp_run, metrics, record_text, scratch
 from stages.common import paths
 
 OUT = ROOT / "bench" / "selection.json"
@@ -76,17 +74,6 @@ def as_cli(value: Any) -> str:
     return json.dumps(value, separators=(",", ":")) if isinstance(value, list) else str(value)
 
 
-def val_scores(repo: Path, sets: list[str]) -> dict[str, float]:
-    """One run up to evaluate (the baselines and the export do not enter the val figures)."""
-    exp_run(repo, sets)
-    val = metrics(repo)["val"]
-    return {
-        "val_errors": val["n"] - val["right"],
-        "val_log_loss": val["log_loss"],
-        "val_accuracy": val["accuracy"],
-    }
-
-
 def exp_sets(key: str, value: Any, seed: int, head_seed: int, data: str = "mnist") -> list[str]:
     """The ``-S`` settings of one run: ``key`` at ``value``, the split and head seeds, ImageNet
     weights, the data set's settings (``DATA``); every other param is params.yaml's
@@ -103,9 +90,11 @@ def select(repo: Path, key: str, seeds: list[int], head_seeds: list[int], data: 
     for value in CANDIDATES[key]:
         runs = []
         for name, seed, head_seed in itertools.product(data, seeds, head_seeds):
-            sets = exp_sets(key, value, seed, head_seed, name)
-            run = {"data": name, "seed": seed, "head_seed": head_seed}
-            runs.append(run | val_scores(repo, sets))
+            exp_run(repo, exp_sets(key, value, seed, head_seed, name))
+            val = metrics(repo)["val"]
+            scores = {"val_errors": val["n"] - val["right"], "val_log_loss": val["log_loss"]}
+            scores["val_accuracy"] = val["accuracy"]
+            runs.append({"data": name, "seed": seed, "head_seed": head_seed, **scores})
             print(f"{key}={as_cli(value)} {name} seed {seed}/{head_seed}: {runs[-1]}", flush=True)
         tried[as_cli(value)] = {
             "val_errors": int(sum(r["val_errors"] for r in runs)),
@@ -123,24 +112,20 @@ def select(repo: Path, key: str, seeds: list[int], head_seeds: list[int], data: 
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keys", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 123])
     parser.add_argument("--head-seeds", type=int, nargs="+", default=[42, 1])
     parser.add_argument("--data", nargs="+", default=["mnist"], choices=list(DATA))
-    parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep it")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    # One record for every key (each run adds or replaces its keys); no command or machine in it.
     record = json.loads(OUT.read_text()) if OUT.exists() else {}
-    with scratch("selection", args.keep) as repo:
+    with scratch("selection") as repo:
         for key in args.keys:
-            record[key] = {
-                "data": args.data,
-                "seeds": args.seeds,
-                "head_seeds": args.head_seeds,
-                **select(repo, key, args.seeds, args.head_seeds, args.data),
-            }
-            write_record(OUT, record)
+            record[key] = {"data": args.data, "seeds": args.seeds, "head_seeds": args.head_seeds}
+            record[key] |= select(repo, key, args.seeds, args.head_seeds, args.data)
+            OUT.write_text(record_text(record) + "\n", encoding="utf-8")
             print(
                 f"{key}: chosen {record[key]['chosen']} (params.yaml {record[key]['params_yaml']})"
             )

@@ -227,23 +227,6 @@ def test_cpu_streams_keep_one_stream_once_tensorflow_has_started():
     run_script_in_fresh_process(STARTED, "STARTED OK")
 
 
-def test_bench_matmul_limit_runs_one_matmul_per_stream():
-    """bench's matmul limit for a process that runs one single-threaded stream per core: as many
-    matmuls side by side as streams (one alone would use one core and understate the limit),
-    each the true product, and the rate counts them all."""
-    from bench import probes
-
-    setup_keras()
-    import tensorflow as tf
-
-    functions = probes.sgemm_functions(tf, streams=3)
-    products, expected = functions["sgemm_tf"](), functions["sgemm_numpy"]()
-    assert len(products) == 3
-    for product in products:
-        np.testing.assert_allclose(product, expected, rtol=1e-3, atol=1e-3)
-    assert probes.gflops(2.0, 3) == pytest.approx(3 * probes.gflops(2.0))
-
-
 def write_split(folder: Path) -> dict[str, np.ndarray]:
     data = {"train": images(9, 6), "val": images(5, 7), "test": images(4, 8)}
     for name, x in data.items():

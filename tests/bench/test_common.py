@@ -1,4 +1,4 @@
-"""bench/experiments.py, the runner every accuracy benchmark uses: a multi-config run must not
+"""bench/common.py's experiment runner, the one every accuracy benchmark uses: a multi-config run must not
 carry one configuration's params into the next. Runs the real ``dvc exp run`` on a one-stage
 project that writes its params as its metrics (seconds, no TensorFlow)."""
 
@@ -13,7 +13,7 @@ import yaml
 from conftest import git_commit, run
 
 from bench import selection
-from bench.experiments import exp_run, metrics, record_text
+from bench.common import exp_run, metrics, record_text
 from stages.common import paths
 
 pytestmark = pytest.mark.slow
