@@ -34,13 +34,11 @@ def test_predict_on_photos_equals_evaluate(pipeline_repo: Path, tmp_path: Path) 
         "crop_margin": 0.15,
         "normalise": "illumination",
     }
-    metrics = json.loads((pipeline_repo / paths.METRICS).read_text())
-    assert metrics["prep"] == prep
     report = json.loads((pipeline_repo / paths.SPLIT_REPORT).read_text())
     assert report["notes"] == {"no_ink_found": 0}  # the ink was found on every photo
 
     rows = list(csv.DictReader((pipeline_repo / paths.PREDICTIONS).open()))
-    assert len(rows) == 20  # two test photos per class
+    assert len(rows) == report["images"]["test"] > 0  # every test photo
     files = [str(photos / "photos" / row["source"]) for row in rows]
     out = tmp_path / "predicted.csv"
     run(["python", "-m", "app.predict", *files, "--out", str(out)], pipeline_repo)

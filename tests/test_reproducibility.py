@@ -69,6 +69,8 @@ def test_fresh_clone_with_an_empty_cache_rebuilds_the_committed_lock(shipped_rep
     assert not (clone / ".dvc" / "cache").exists()
     run(["dvc", "repro", "export", "evaluate"], clone, env=OTHER_SETTINGS["one thread"])
     rebuilt = (clone / "dvc.lock").read_text(encoding="utf-8")
-    assert yaml.safe_load(rebuilt) == yaml.safe_load(committed)  # every md5, stage by stage
+    before, after = yaml.safe_load(committed)["stages"], yaml.safe_load(rebuilt)["stages"]
+    differ = [name for name in before if before[name] != after.get(name)]
+    assert not differ, f"stages rebuilt to other hashes: {differ}"  # every md5, stage by stage
     assert rebuilt == committed
     assert git_status(clone) == ""
