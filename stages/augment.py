@@ -21,7 +21,7 @@ import numpy as np
 
 from stages.common import paths
 from stages.common.errors import run_stage
-from stages.common.io import load_npy, npy_writer, save_npy, scratch_path
+from stages.common.io import load_npy, npy_writer, release_rows, save_npy, scratch_path
 from stages.common.params import load_params
 from stages.common.store import (
     Store,
@@ -122,6 +122,8 @@ def compute_copies(
         rows = todo[lo : lo + batch]
         source = np.asarray(images[rows % n])
         out[lo : lo + len(rows)] = augment_batch(keras, source, keys[rows], augment)
+        release_rows(out, lo, lo + len(rows))  # memory flat in the folder's size
+        release_rows(images, 0, n)
         progress.add(len(rows))
 
 

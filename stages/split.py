@@ -44,6 +44,7 @@ from stages.common.io import (
     check_room,
     npy_writer,
     open_npy_memmap,
+    release_rows,
     save_npy,
     scratch_path,
     write_csv,
@@ -283,6 +284,7 @@ def decode_source(
     for i, (image, notes, error) in enumerate(_decode_all(items, prep)):
         if error is None:
             array[i] = image
+            release_rows(array, i, i + 1)  # memory flat in the folder's size
             good.append(i)
         else:
             print(f"  skipped: {error}")

@@ -6,12 +6,14 @@ The slow tests run the real ``dvc repro`` in a temporary git+DVC copy (``pipelin
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -187,9 +189,10 @@ def wait_for_extract(repo: Path, log: Path, process: subprocess.Popen, timeout: 
     pytest.fail(f"extract did not start writing within {timeout}s:\n{log.read_text()[-4000:]}")
 
 
-def repro_killed_during_extract(repo: Path, sig: signal.Signals, log: Path) -> str:
-    """Start ``dvc repro`` in its own process group, send ``sig`` to the group while extract
-    is writing, wait for the end; return DVC's and the stages' output."""
+@contextlib.contextmanager
+def repro_in_its_own_group(repo: Path, log: Path) -> Iterator[subprocess.Popen]:
+    """``dvc repro`` writing to ``log``, in its own process group (a signal sent to the group
+    reaches DVC and the stage); the group is killed on the way out if it is still running."""
     with log.open("w") as out:
         process = subprocess.Popen(
             ["dvc", "repro"],
@@ -197,16 +200,23 @@ def repro_killed_during_extract(repo: Path, sig: signal.Signals, log: Path) -> s
             env=command_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the signal reaches DVC and the stage
+            start_new_session=True,
         )
         try:
-            wait_for_extract(repo, log, process, timeout=300)
-            os.killpg(process.pid, sig)
-            process.wait(timeout=120)
+            yield process
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def repro_killed_during_extract(repo: Path, sig: signal.Signals, log: Path) -> str:
+    """Start ``dvc repro`` in its own process group, send ``sig`` to the group while extract
+    is writing, wait for the end; return DVC's and the stages' output."""
+    with repro_in_its_own_group(repo, log) as process:
+        wait_for_extract(repo, log, process, timeout=300)
+        os.killpg(process.pid, sig)
+        process.wait(timeout=120)
     output = log.read_text()
     assert process.returncode != 0, output
     assert "Running stage 'extract'" in output
@@ -328,29 +338,16 @@ def test_folder_source_reruns_byte_identical_and_never_touches_the_folder(pipeli
 def repro_killed_in_a_new_stage(repo: Path, killed: list[str], log: Path) -> str | None:
     """Run ``dvc repro``; SIGKILL its process group one second into the first stage not yet in
     ``killed``. Return that stage, or None when the run ended by itself (every stage done)."""
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            ["dvc", "repro"],
-            cwd=repo,
-            env=command_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + 600
-            while process.poll() is None and time.monotonic() < deadline:
-                fresh = [s for s in stages_run(log.read_text()) if s not in killed]
-                if fresh:
-                    time.sleep(1.0)  # inside the stage: imports done, outputs being written
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait(timeout=60)
-                    return stages_run(log.read_text())[-1]
-                time.sleep(0.05)
-        finally:
-            if process.poll() is None:
+    with repro_in_its_own_group(repo, log) as process:
+        deadline = time.monotonic() + 600
+        while process.poll() is None and time.monotonic() < deadline:
+            fresh = [s for s in stages_run(log.read_text()) if s not in killed]
+            if fresh:
+                time.sleep(1.0)  # inside the stage: imports done, outputs being written
                 os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+                process.wait(timeout=60)
+                return stages_run(log.read_text())[-1]
+            time.sleep(0.05)
     assert process.returncode == 0, log.read_text()[-4000:]
     return None
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.common.io import load_npy
+from stages.common.io import load_npy, release_rows
 
 KEY_BYTES = 32
 CHECK_BYTES = 8
@@ -60,6 +60,7 @@ def content_keys(images: np.ndarray, salt: bytes, progress=None, chunk: int = 10
             h = hashlib.sha256(salt)
             h.update(row.tobytes())
             keys[lo + i] = np.frombuffer(h.digest(), dtype=np.uint8)
+        release_rows(images, lo, lo + len(rows))
         if progress is not None:
             progress.add(len(rows))
     return keys
@@ -188,6 +189,11 @@ class Store:
             return False
         return True
 
+    def release(self) -> None:
+        """Hand the pages of every stored array read so far back to the OS (``release_rows``)."""
+        for _, data in self._sources:
+            release_rows(data, 0, len(data))
+
     def row(self, key: bytes) -> np.ndarray:
         """The stored row for ``key``: only for keys that ``verify`` accepted."""
         source, row = self._where[key]
@@ -199,14 +205,19 @@ class Store:
         return self._sources[source][0][row, INDEX_WIDTH:]
 
 
-def missing_rows(store: Store, keys: np.ndarray) -> np.ndarray:
+def missing_rows(store: Store, keys: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """Indices of the rows of ``keys`` the store cannot give (absent, or failing their check).
 
     Each stored row is read and verified here, so ``Store.row`` can copy it later unchecked.
+    The pages read are released every ``chunk`` rows: memory stays flat in the store's size.
     """
-    return np.array(
-        [i for i, key in enumerate(keys) if not store.verify(key.tobytes())], dtype=np.int64
-    )
+    missing = []
+    for lo in range(0, len(keys), chunk):
+        missing += [
+            lo + i for i, key in enumerate(keys[lo : lo + chunk]) if not store.verify(key.tobytes())
+        ]
+        store.release()
+    return np.array(missing, dtype=np.int64)
 
 
 def first_of_each(keys: np.ndarray, which: Sequence[int]) -> tuple[np.ndarray, dict[bytes, int]]:
@@ -236,7 +247,8 @@ def assemble(
     """Fill ``out`` in order from ``computed`` (rows of new keys) and the store; return its index.
 
     ``extras`` (rows of bytes stored with each row, e.g. split's notes) go into the index.
-    Written chunk by chunk, so memory stays flat however large ``out`` is.
+    Written chunk by chunk, each chunk's pages (and those read from ``computed`` and the store)
+    released, so memory stays flat however large ``out`` is.
     """
     width = INDEX_WIDTH + (0 if extras is None else extras.shape[1])
     index = np.empty((len(keys), width), dtype=np.uint8)
@@ -249,4 +261,8 @@ def assemble(
             block[j - lo] = computed[pos] if pos is not None else store.row(key)
         out[lo:hi] = block
         index[lo:hi] = index_rows(keys[lo:hi], block, None if extras is None else extras[lo:hi])
+        release_rows(out, lo, hi)
+        if computed is not None:
+            release_rows(computed, 0, len(computed))
+        store.release()
     return index
