@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run, write_params
+from conftest import REPO_ROOT, run, write_params
 
 from stages.common import paths
 from stages.split import stable_from, stable_split
@@ -246,10 +246,34 @@ def manifest(repo: Path) -> dict[str, str]:
     return {row["source"]: row["split"] for row in rows}
 
 
-def repro(repo: Path, *args: str) -> dict[str, int]:
+def repro_output(repo: Path, *args: str) -> str:
+    """``dvc add data/raw`` then ``dvc repro ... extract``: what the stages printed."""
     run(["dvc", "add", "-q", "data/raw"], repo)
     result = run(["dvc", "repro", *args, "extract"], repo)
-    return computed_counts(result.stdout + result.stderr)
+    return result.stdout + result.stderr
+
+
+def repro(repo: Path, *args: str) -> dict[str, int]:
+    return computed_counts(repro_output(repo, *args))
+
+
+SHOWN = ("split: decoded", "split: wrote", "augment: computed", "extract: computed")
+
+
+def growing_transcript(repro_out: str, diff_out: str) -> str:
+    """README's growing-folder excerpt: what split, augment and extract print, then
+    ``dvc metrics diff``'s lines for metrics/split.json; stage times blanked."""
+    stages = [line for line in repro_out.splitlines() if line.startswith(SHOWN)]
+    diff = diff_out.rstrip().splitlines()
+    lines = ["$ dvc add data/raw", "$ dvc repro", *stages, "$ dvc metrics diff", diff[0]]
+    lines += [line for line in diff[1:] if line.startswith(str(paths.SPLIT_METRICS))]
+    return re.sub(r" in \d+(\.\d+)?s\b", " in …s", "\n".join(line.rstrip() for line in lines))
+
+
+def readme_transcript() -> str:
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- growing-output -->\n```text\n", 1)[1].split("```", 1)[0]
+    return re.sub(r" in \d+(\.\d+)?s\b", " in …s", block.rstrip())
 
 
 def split_metrics(repo: Path) -> dict:
@@ -293,8 +317,13 @@ def grown(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_adding_one_percent_computes_only_the_new_image(grown: Path, tmp_path: Path) -> None:
     before = manifest(grown)
     fingerprint = split_metrics(grown)["test_fingerprint"]
-    new = add_image(grown, "a", 30)
-    counts = repro(grown)
+    new = add_image(grown, "a", 33)  # lands in test: the README shows it
+    repro_out = repro_output(grown)
+    counts = computed_counts(repro_out)
+    diff_out = run(["dvc", "metrics", "diff"], grown).stdout
+    print(growing_transcript(repro_out, diff_out))
+    # README.md shows this run's output (only the stage times differ).
+    assert growing_transcript(repro_out, diff_out) == readme_transcript()
     after = manifest(grown)
     assert {k: after[k] for k in before} == before  # no image moved
     trained = after[new] == "train"
