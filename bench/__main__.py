@@ -16,7 +16,6 @@ SECTIONS = [
     "precision",  # the head's bytes across threads, oneDNN and ISA settings; float32 vs bfloat16
     "serve_memory",  # the try-it server's peak memory under concurrent worst-case uploads
     "scale",  # train's memory and epoch time by feature vectors; extract local vs Ray nodes
-    "export_agreement",  # the raw-image export vs the Python preparation on the photo bench
 ]
 
 
