@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -173,8 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     with scratch("accuracy") as repo:
         for data in args.data if args.select is None else []:
             name = "accuracy.json" if data == "digits" else f"accuracy_{data}.json"
-            record, used = accuracy(repo, args, data), sys.argv[1:] if argv is None else argv
-            write_record(ROOT / "bench" / name, record, "accuracy", used)
+            write_record(ROOT / "bench" / name, accuracy(repo, args, data), "accuracy", argv)
         # One selection record for every key (each run adds or replaces its keys).
         selection = json.loads(SELECTION.read_text()) if SELECTION.exists() else {}
         for key in [] if args.select is None else args.select or list(CANDIDATES):

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "runs": runs,
     }
-    write_record(args.out, record, "precision", sys.argv[1:] if argv is None else argv)
+    write_record(args.out, record, "precision", argv)
 
 
 if __name__ == "__main__":

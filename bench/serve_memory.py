@@ -16,7 +16,6 @@ import http.client
 import io
 import json
 import struct
-import sys
 import threading
 import time
 import zlib
@@ -139,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         server.stop()
     print({k: v for k, v in result.items() if k.endswith("_mb")})
     record = {"side": args.side, "uploads": args.uploads, "goal_peak_rss_mb": GOAL_PEAK_MB}
-    write_record(args.out, record | result, "serve_memory", sys.argv[1:] if argv is None else argv)
+    write_record(args.out, record | result, "serve_memory", argv)
 
 
 if __name__ == "__main__":
