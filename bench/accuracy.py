@@ -164,13 +164,7 @@ def select(repo: Path, args: argparse.Namespace, key: str) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--select",
-        nargs="*",
-        choices=list(CANDIDATES),
-        metavar="KEY",
-        help="of CANDIDATES (none: all)",
-    )
+    parser.add_argument("--select", nargs="*", choices=list(CANDIDATES), metavar="KEY")
     parser.add_argument("--data", nargs="+", default=["mnist"], choices=list(DATA))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 123])
     parser.add_argument("--head-seeds", type=int, nargs="+", default=[42, 1])
