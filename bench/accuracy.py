@@ -11,14 +11,14 @@ The defaults' accuracy goes to ``bench/accuracy_<data>.json`` (``bench/accuracy.
 digits): every run's figures, the paired McNemar tests of the head against each baseline on the
 same test images, and per row (the head, each baseline) the mean, sample std, min and max.
 
-``--select`` picks each key named (all of ``CANDIDATES`` when none is) by the project's one rule:
+``--select`` picks each key named (all of ``CANDIDATES`` when none is) by the project's one rule
 (docs/model-selection.md): the fewest **val errors** summed over data sets x split seeds x head
 seeds, and among equals the lowest mean **val log-loss** (plain, unsmoothed cross-entropy of the
-val images, ``metrics.json`` ``val.log_loss``). Errors first because the log-loss of settings with different label smoothing
-is not comparable (smoothing caps every confidence). One key at a time, the others at
-params.yaml's values (coordinate-wise). ``bench/selection.json`` keeps val figures only, so that
-nothing here can be tuned on the test set: per key, every value's figures, the value chosen and
-whether it is params.yaml's.
+val images, ``metrics.json`` ``val.log_loss``). Errors first because the log-loss of settings with
+different label smoothing is not comparable (smoothing caps every confidence). One key at a time,
+the others at params.yaml's values (coordinate-wise). ``bench/selection.json`` keeps val figures
+only, so that nothing here can be tuned on the test set: per key, every value's figures, the value
+chosen and whether it is params.yaml's.
 """
 
 from __future__ import annotations
