@@ -178,9 +178,8 @@ def main(argv: list[str] | None = None) -> None:
         for key in [] if args.select is None else args.select or list(CANDIDATES):
             selection[key] = select(repo, args, key)
             SELECTION.write_text(record_text(selection) + "\n", encoding="utf-8")
-            print(
-                f"{key}: chosen {selection[key]['chosen']} (params.yaml {selection[key]['params_yaml']})"
-            )
+            entry = selection[key]
+            print(f"{key}: chosen {entry['chosen']} (params.yaml {entry['params_yaml']})")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,14 @@
     python -m bench.photos [--per-class 100] [--mnist-per-class 200] [--skip ...] [--examples PNG]
 
 Generates (once, cached in the temp folder) the seeded set of ``bench/photo_data.py``:
-``--per-class`` real MNIST digits per class as 12-MP phone photos and as clean 28 px scans.
-Then, in one scratch copy of the project (``bench/common.py``: params.yaml put back before
-every run), runs the whole pipeline (``dvc exp run``, ImageNet weights) on ``scans``,
-``photos`` (``data.source: folder``), each with the defaults and with the old preparation (``data.fit: stretch, data.crop: none, data.normalise: none``); and on
-``data.source: mnist`` (``--mnist-per-class``), whose shipped model is then scored on every MNIST
-digit its run did not use, as clean scans and (those among the benchmark photos) as photos.
-Writes ``bench/photos.json``. Test accuracy is evaluate's, on each run's own seeded test split.
+``--per-class`` real MNIST digits per class as 12-MP phone photos and as clean 28 px scans. Then,
+in one scratch copy of the project (``bench/common.py``: params.yaml put back before every run),
+runs the whole pipeline (``dvc exp run``, ImageNet weights) on ``scans`` and ``photos``
+(``data.source: folder``), each with the defaults and with the old preparation (``data.fit:
+stretch, data.crop: none, data.normalise: none``); and on ``data.source: mnist``
+(``--mnist-per-class``), whose shipped model is then scored on every MNIST digit its run did not
+use, as clean scans and (those among the benchmark photos) as photos. Writes ``bench/photos.json``.
+Test accuracy is evaluate's, on each run's own seeded test split.
 """
 
 from __future__ import annotations
