@@ -11,12 +11,11 @@ import argparse
 import importlib
 
 SECTIONS = [
-    "run",  # speed: import, extract, dvc repro, the head-only iteration, memory
+    "run",  # speed: import, extract, dvc repro, the head-only iteration, the head's epoch
     "growing",  # a folder that grows: +1 % of images vs from scratch, peak memory by folder size
     "precision",  # the head's bytes across threads, oneDNN and ISA settings; float32 vs bfloat16
     "serve_memory",  # the try-it server's peak memory under concurrent worst-case uploads
     "scale",  # train's memory and epoch time by feature vectors; extract local vs Ray nodes
-    "export_agreement",  # the raw-image export vs the Python preparation on the photo bench
 ]
 
 

@@ -153,9 +153,12 @@ def record_text(value: Any, indent: int = 0, width: int = 160) -> str:
     return ends[0] + "\n" + ",\n".join(items) + "\n" + " " * indent + ends[1]
 
 
-def write_record(path: Path, record: dict[str, Any], module: str, argv: Sequence[str]) -> None:
-    """``record`` with the command that made it and the machine, as ``path`` (``record_text``)."""
-    command = " ".join(["python -m", f"bench.{module}", *argv])
+def write_record(
+    path: Path, record: dict[str, Any], module: str, argv: Sequence[str] | None
+) -> None:
+    """``record`` with the command that made it (``argv``, or this process's arguments when
+    None: a module's ``main(argv)`` passes its own) and the machine, as ``path``."""
+    command = " ".join(["python -m", f"bench.{module}", *(sys.argv[1:] if argv is None else argv)])
     full = {"command": command, **record, "machine": machine()}
     path.write_text(record_text(full) + "\n", encoding="utf-8")
     print(f"wrote {path}")

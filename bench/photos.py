@@ -3,14 +3,14 @@
     python -m bench.photos [--per-class 100] [--mnist-per-class 200] [--skip ...] [--examples PNG]
 
 Generates (once, cached in the temp folder) the seeded set of ``bench/photo_data.py``:
-``--per-class`` real MNIST digits per class as 12-MP phone photos and as clean 28 px scans.
-Then, in one scratch copy of the project (``bench/common.py``: params.yaml put back before
-every run), runs the whole pipeline (``dvc exp run``, ImageNet weights) on ``scans``,
-``photos`` (``data.source: folder``) and the embedded digits, each with the defaults and with
-the old preparation (``data.fit: stretch, data.crop: none, data.normalise: none``); and on
-``data.source: mnist`` (``--mnist-per-class``), whose shipped model is then scored on every MNIST
-digit its run did not use, as clean scans and (those among the benchmark photos) as photos.
-Writes ``bench/photos.json``. Test accuracy is evaluate's, on each run's own seeded test split.
+``--per-class`` real MNIST digits per class as 12-MP phone photos and as clean 28 px scans. Then,
+in one scratch copy of the project (``bench/common.py``: params.yaml put back before every run),
+runs the whole pipeline (``dvc exp run``, ImageNet weights) on ``scans`` and ``photos``
+(``data.source: folder``), each with the defaults and with the old preparation (``data.fit:
+stretch, data.crop: none, data.normalise: none``); and on ``data.source: mnist``
+(``--mnist-per-class``), whose shipped model is then scored on every MNIST digit its run did not
+use, as clean scans and (those among the benchmark photos) as photos. Writes ``bench/photos.json``.
+Test accuracy is evaluate's, on each run's own seeded test split.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import argparse
 import csv
 import itertools
 import json
-import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +34,10 @@ PREPS = {"defaults": [], "old behaviour": OLD}
 def full_run(repo: Path, sets: list[str]) -> dict:
     """One full ``dvc exp run -S ...`` (export included: the held-out score loads the shipped
     model); evaluate's figures, the preparation used and the wall time."""
-    done = exp_run(repo, [IMAGENET, *sets], target=None)
-    scores = metrics(repo)
-    split = re.search(r"split: wrote .* in ([\d.]+)s", done.output)  # as the stage prints it
+    done, scores = exp_run(repo, [IMAGENET, *sets], target=None), metrics(repo)
     return {
         "command": done.command,
         "seconds": round(done.seconds, 1),
-        "split_seconds": float(split.group(1)) if split else None,
         "val_accuracy": scores["val"]["accuracy"],
         "test_accuracy": scores["test"]["accuracy"],
         "test_images": scores["images"]["test"],
@@ -84,9 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--mnist-per-class", type=int, default=200)
-    parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["scans", "photos", "embedded digits", "mnist"]
-    )
+    parser.add_argument("--skip", nargs="*", default=[], choices=["scans", "photos", "mnist"])
     parser.add_argument("--examples", type=Path, help="also draw example photos into this PNG")
     args = parser.parse_args(argv)
     folder, photos, info = photo_set(args.per_class)
@@ -95,7 +88,6 @@ def main(argv: list[str] | None = None) -> None:
     datasets = {
         "scans": ["data.source=folder", f"data.folder={folder / 'scans'}"],
         "photos": ["data.source=folder", f"data.folder={folder / 'photos'}"],
-        "embedded digits": ["data.source=digits"],
     }
     runs, heldout = [], {}
     with scratch("photos") as repo:
@@ -109,9 +101,7 @@ def main(argv: list[str] | None = None) -> None:
             heldout = {"max_per_class": args.mnist_per_class, **heldout_mnist(repo, photos)}
             print(f"held-out MNIST digits: {heldout}")
     record = {"set": info, "runs": runs, "mnist_heldout": heldout}
-    write_record(
-        ROOT / "bench" / "photos.json", record, "photos", sys.argv[1:] if argv is None else argv
-    )
+    write_record(ROOT / "bench" / "photos.json", record, "photos", argv)
 
 
 if __name__ == "__main__":

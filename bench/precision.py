@@ -58,23 +58,13 @@ def train_once(work: Path, precision: str, name: str) -> dict[str, Any]:
     shutil.rmtree(work / paths.PROBS_DIR, ignore_errors=True)
     (work / paths.HEAD).unlink(missing_ok=True)
     setting = SETTINGS[name]
-    done = run(
-        [*setting.get("prefix", []), sys.executable, "-m", "stages.train"], work, setting["env"]
-    )
+    cmd = [*setting.get("prefix", []), sys.executable, "-m", "stages.train"]
+    done = run(cmd, work, setting["env"])
     files = [work / paths.HEAD, *sorted((work / paths.PROBS_DIR).glob("*.npy"))]
     hashes = {str(f.relative_to(work)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
-    print(
-        f"{precision:15s} {name:18s} {done.seconds:6.1f} s, {done.cpu_seconds:6.1f} CPU s",
-        flush=True,
-    )
-    return {
-        "precision": precision,
-        "setting": name,
-        **setting,
-        "seconds": round(done.seconds, 2),
-        "cpu_seconds": round(done.cpu_seconds, 2),
-        "hashes": hashes,
-    }
+    print(f"{precision} {name}: {done.seconds:.1f} s, {done.cpu_seconds:.1f} CPU s", flush=True)
+    times = {"seconds": round(done.seconds, 2), "cpu_seconds": round(done.cpu_seconds, 2)}
+    return {"precision": precision, "setting": name, **setting, **times, "hashes": hashes}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "runs": runs,
     }
-    write_record(args.out, record, "precision", sys.argv[1:] if argv is None else argv)
+    write_record(args.out, record, "precision", argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import http.client
 import io
 import json
 import struct
-import sys
 import threading
 import time
 import zlib
@@ -39,17 +38,15 @@ def png16(side: int = SIDE) -> bytes:
     """A black ``side`` x ``side`` 16-bit grayscale PNG, compressed row by row (small, fast)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
 
     packer = zlib.compressobj(9)
     row = b"\0" * (1 + 2 * side)  # filter byte, then the row's 16-bit samples
     data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
     header = struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
-    )
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
 
 
 def worst_case(kind: str, side: int = SIDE) -> bytes:
@@ -60,59 +57,44 @@ def worst_case(kind: str, side: int = SIDE) -> bytes:
     if kind == "jpeg":
         Image.new("L", (side, side), 255).save(buffer, "JPEG", quality=50)
     elif kind == "webp":
-        Image.new("RGB", (side, side), (255, 255, 255)).save(
-            buffer, "WEBP", lossless=True, method=0
-        )
+        Image.new("RGB", (side, side), "white").save(buffer, "WEBP", lossless=True, method=0)
     else:
-        Image.new("I;16", (side, side), 0).save(buffer, "TIFF", compression="tiff_adobe_deflate")
+        Image.new("I;16", (side, side)).save(buffer, "TIFF", compression="tiff_adobe_deflate")
     return buffer.getvalue()
 
 
 def status_mb(pid: int, field: str) -> float:
     """One ``VmRSS``/``VmHWM`` line of ``/proc/<pid>/status``, in MB."""
-    line = next(
-        x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith(field + ":")
-    )
-    return round(int(line.split()[1]) / 1024, 1)
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return round(int(next(x for x in lines if x.startswith(field + ":")).split()[1]) / 1024, 1)
 
 
-def post(url: str, body: bytes, name: str) -> tuple[int, dict]:
-    parts = urlsplit(url)
+def post(url: str, body: bytes, name: str) -> dict[str, Any]:
+    """One ``POST /predict``: the file, its size, the status, the seconds and the error."""
+    parts, began = urlsplit(url), time.monotonic()
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
     try:
         conn.request("POST", "/predict", body=body, headers={"X-Filename": name})
         response = conn.getresponse()
-        return response.status, json.loads(response.read() or b"{}")
+        answer = json.loads(response.read() or b"{}")
     finally:
         conn.close()
-
-
-def burst(url: str, files: list[tuple[str, bytes]]) -> list[dict]:
-    """Send every file at once (threads released together); each one's status and message."""
-    start = threading.Barrier(len(files))
-
-    def one(item: tuple[str, bytes]) -> dict:
-        start.wait(timeout=60)
-        began = time.monotonic()
-        status, answer = post(url, item[1], item[0])
-        seconds = round(time.monotonic() - began, 2)
-        return {
-            "file": item[0],
-            "bytes": len(item[1]),
-            "status": status,
-            "seconds": seconds,
-            "error": answer.get("error"),
-        }
-
-    with ThreadPoolExecutor(len(files)) as pool:
-        return list(pool.map(one, files))
+    seconds = round(time.monotonic() - began, 2)
+    return {
+        "file": name,
+        "bytes": len(body),
+        "status": response.status,
+        "seconds": seconds,
+        "error": answer.get("error"),
+    }
 
 
 def measure(server: Any, uploads: int, side: int = SIDE) -> dict[str, Any]:
-    """Idle, peak and after resident memory (MB) of a running ``tools.try_page.Server``."""
+    """Idle, peak and after resident memory (MB) of a running ``tools.try_page.Server``, and each
+    answer to ``uploads`` worst-case uploads sent at once (threads released together)."""
     pid, small = server.process.pid, io.BytesIO()
     Image.new("L", (64, 64), 255).save(small, "PNG")
-    assert post(server.url, small.getvalue(), "small.png")[0] == 200
+    assert post(server.url, small.getvalue(), "small.png")["status"] == 200
     time.sleep(0.5)
     idle = status_mb(pid, "VmRSS")
     try:  # reset the peak (VmHWM) to the current level, where allowed
@@ -121,9 +103,14 @@ def measure(server: Any, uploads: int, side: int = SIDE) -> dict[str, Any]:
     except OSError:
         peak_reset = False
     cousins = {kind: worst_case(kind, side) for kind in KINDS}
-    answers = burst(
-        server.url, [(f"{KINDS[i % 4]}_{i}", cousins[KINDS[i % 4]]) for i in range(uploads)]
-    )
+    start = threading.Barrier(uploads)
+
+    def one(i: int) -> dict[str, Any]:
+        start.wait(timeout=60)
+        return post(server.url, cousins[KINDS[i % 4]], f"{KINDS[i % 4]}_{i}")
+
+    with ThreadPoolExecutor(uploads) as pool:
+        answers = list(pool.map(one, range(uploads)))
     peak = status_mb(pid, "VmHWM")
     time.sleep(1.0)
     return {
@@ -149,16 +136,9 @@ def main(argv: list[str] | None = None) -> None:
         result = measure(server, args.uploads, args.side)
     finally:
         server.stop()
-    print(
-        f"idle {result['idle_rss_mb']} MB, peak {result['peak_rss_mb']} MB, after {result['after_rss_mb']} MB"
-    )
-    record = {
-        "side": args.side,
-        "uploads": args.uploads,
-        "goal_peak_rss_mb": GOAL_PEAK_MB,
-        **result,
-    }
-    write_record(args.out, record, "serve_memory", sys.argv[1:] if argv is None else argv)
+    print({k: v for k, v in result.items() if k.endswith("_mb")})
+    record = {"side": args.side, "uploads": args.uploads, "goal_peak_rss_mb": GOAL_PEAK_MB}
+    write_record(args.out, record | result, "serve_memory", argv)
 
 
 if __name__ == "__main__":

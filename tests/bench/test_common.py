@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import git_commit, run
 
-from bench import selection
+from bench import accuracy
 from bench.common import exp_run, metrics, record_text
 from stages.common import paths
 
@@ -49,7 +49,8 @@ def test_each_configuration_starts_from_the_committed_params(echo_repo: Path):
 
 
 def test_a_selection_run_sets_only_its_key_the_seeds_and_the_data():
-    sets = dict(s.split("=", 1) for s in selection.exp_sets("train.dropout", 0.25, 7, 1))
+    dropout = accuracy.assignments("train.dropout", 0.25)
+    sets = dict(s.split("=", 1) for s in accuracy.exp_sets(dropout, 7, 1))
     assert sets == {
         "train.dropout": "0.25",
         "split.seed": "7",
@@ -57,14 +58,13 @@ def test_a_selection_run_sets_only_its_key_the_seeds_and_the_data():
         "extract.weights": "imagenet",
         "data.source": "mnist",
     }
-    digits = dict(
-        s.split("=", 1) for s in selection.exp_sets("train.dropout", 0.25, 7, 1, "digits")
-    )
+    digits = dict(s.split("=", 1) for s in accuracy.exp_sets(dropout, 7, 1, "digits"))
     assert digits["data.source"] == "digits" and digits["data.max_per_class"] == "null"
 
 
 def test_a_joint_key_sets_both_of_its_params():
-    sets = selection.exp_sets("train.batch_size+learning_rate", [256, 0.001], 42, 42)
+    joint = accuracy.assignments("train.batch_size+learning_rate", [256, 0.001])
+    sets = accuracy.exp_sets(joint, 42, 42)
     assert sets[:2] == ["train.batch_size=256", "train.learning_rate=0.001"]
 
 
