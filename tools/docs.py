@@ -193,20 +193,6 @@ def photos(root: Path) -> str:
     return table(header, rows)
 
 
-def heldout(root: Path) -> str:
-    """The shipped model on the MNIST digits its run did not use (bench/photos.json)."""
-    found = read(root, "bench/photos.json").get("mnist_heldout") or {}
-    if not found:
-        return "*(not in the record yet: `python -m bench.photos` writes it)*"
-    return table(
-        ["held-out images", "count", "accuracy"],
-        [
-            [name, str(found[name]["images"]), pct(found[name]["accuracy"])]
-            for name in ("scans", "photos")
-        ],
-    )
-
-
 def export(root: Path) -> str:
     """metrics/export.json: each exported file against the head, and its size."""
     record = read(root, "metrics/export.json")
@@ -266,7 +252,6 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "seeds-digits": seeds("bench/accuracy.json"),
     "selection": selection,
     "photos": photos,
-    "heldout": heldout,
     "export": export,
     "bench": bench,
     "params": params,
