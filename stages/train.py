@@ -285,7 +285,7 @@ def train_dataset(x: np.ndarray, labels: np.ndarray, n_classes: int, batch_size:
     """Shuffled training batches, each gathered from ``x`` (memory-mapped or not) when needed.
 
     Only row indices are shuffled (seeded, a new order each epoch; tf.data's shuffle buffer
-    holds each index as a tensor of its own: about 200 bytes a row, measured) and each batch
+    holds each index as a tensor of its own: 200 to 350 bytes a row, measured) and each batch
     reads its rows (``file_rows``); the feature vectors are never all in memory
     at once. Same batches, in the same order, as gathering from the whole array held as a
     tensor (tests/test_train.py compares the saved heads byte for byte).
