@@ -25,8 +25,8 @@ docs/model-selection.md.)
 Memory stays flat however many feature vectors there are: the cached features are memory-mapped,
 the Normalization layer's mean and variance are summed chunk by chunk (``feature_moments``), each
 training batch reads only its shuffled rows from the file (``train_dataset``), and a val set of
-more than ``STREAM_ROWS`` vectors is evaluated chunk by chunk; pages read are handed back to the
-OS as soon as a batch has them. The head and its predictions are byte for byte those of the whole
+more than ``STREAM_ROWS`` vectors is evaluated chunk by chunk; pages mapped are handed back to the
+OS as soon as a chunk is done. The head and its predictions are byte for byte those of the whole
 set held in memory (tests/test_train.py); ``python -m bench.scale`` measures peak memory and epoch
 time as the number of vectors grows.
 
@@ -41,8 +41,12 @@ only run through the finished head here; nothing about training looks at them.
 
 from __future__ import annotations
 
+import itertools
 import math
+import mmap
+import os
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -188,7 +192,7 @@ def callbacks(keras, train: dict, log: Path) -> list:
 
 
 STREAM_ROWS = 65_536  # val vectors evaluated as one batch at most; more are read in chunks
-MOMENT_ROWS = 8_192  # feature rows per chunk of feature_moments (float64: 64 MiB at 1,024-d)
+MOMENT_ROWS = 1_024  # feature rows per chunk of feature_moments (float64: 8 MiB at 1,024-d)
 
 
 def feature_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -214,20 +218,51 @@ def feature_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean[0], squares[0] / max(n, 1)
 
 
+def file_rows(x: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
+    """Row indices -> those rows of a memory-mapped float32 ``x``, read from its file with one
+    ``preadv`` per run of consecutive rows; None where ``x`` is not a whole mapped file.
+
+    Not through the mapping: a page fault maps the whole page-cache folio around the page asked
+    for, so 1,024 shuffled 4 KiB rows mapped 260 MB here (256 KiB a row; how much depends on
+    the kernel and how it cached the file), however soon they were released. Read this way the
+    resident memory is the batch itself. The same bytes either way.
+    """
+    mapped = isinstance(getattr(x, "base", None), mmap.mmap) and x.flags.c_contiguous
+    if not mapped or x.dtype != np.float32:
+        return None
+    fd = os.open(x.filename, os.O_RDONLY)
+    row_bytes = x.itemsize * int(np.prod(x.shape[1:], dtype=np.int64))
+
+    def read(rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), *x.shape[1:]), np.float32)
+        if not out.size:
+            return out
+        view = memoryview(out).cast("B")
+        cuts = [0, *(np.flatnonzero(np.diff(rows) != 1) + 1).tolist(), len(rows)]
+        for lo, hi in itertools.pairwise(cuts):
+            where, size = x.offset + int(rows[lo]) * row_bytes, (hi - lo) * row_bytes
+            if hi > lo and os.preadv(fd, [view[lo * row_bytes : hi * row_bytes]], where) != size:
+                raise OSError(f"{x.filename}: rows {rows[lo]}..{rows[hi - 1]} cut short")
+        return out
+
+    weakref.finalize(read, os.close, fd)  # the file stays open as long as the reader lives
+    return read
+
+
 def row_reader(x: np.ndarray, labels: np.ndarray, n_classes: int) -> Callable:
     """Row indices -> (their feature rows as float32, their one-hot labels), read from ``x``.
 
-    ``x`` may be memory-mapped: only the rows asked for are read, and the pages they were on
-    are handed back to the OS straight away (``release_rows``), so the resident memory stays
-    that of one batch however many rows the file holds.
+    ``x`` may be memory-mapped: only the rows asked for are read, from the file (``file_rows``),
+    so the resident memory stays that of one batch however many rows the file holds.
     """
     eye = np.eye(n_classes, dtype=np.float32)  # the rows of ``one_hot``
     labels = np.asarray(labels)
+    from_file = file_rows(x)
 
     def read(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        features = np.asarray(x[rows], dtype=np.float32)
-        release_rows(x, 0, len(x))
-        return features, eye[labels[rows]]
+        if from_file is not None:
+            return from_file(rows), eye[labels[rows]]
+        return np.asarray(x[rows], dtype=np.float32), eye[labels[rows]]
 
     return read
 
@@ -249,8 +284,9 @@ def row_batches(tf, rows, x: np.ndarray, labels: np.ndarray, n_classes: int):
 def train_dataset(x: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int, seed: int):
     """Shuffled training batches, each gathered from ``x`` (memory-mapped or not) when needed.
 
-    Only a permutation of row indices is shuffled (seeded, a new order each epoch; 8 bytes a
-    row in memory) and each batch reads its rows; the feature vectors are never all in memory
+    Only row indices are shuffled (seeded, a new order each epoch; tf.data's shuffle buffer
+    holds each index as a tensor of its own: 200 to 350 bytes a row, measured) and each batch
+    reads its rows (``file_rows``); the feature vectors are never all in memory
     at once. Same batches, in the same order, as gathering from the whole array held as a
     tensor (tests/test_train.py compares the saved heads byte for byte).
     """
@@ -276,7 +312,9 @@ def validation_dataset(x_val: np.ndarray, y_val: np.ndarray, n_classes: int):
 
     if len(x_val) <= STREAM_ROWS:
         x, y = np.asarray(x_val), one_hot(y_val, n_classes)
-        return tf.data.Dataset.from_tensor_slices((x, y)).batch(max(1, len(x_val))).cache()
+        dataset = tf.data.Dataset.from_tensor_slices((x, y))  # a copy: the mapped pages can go
+        release_rows(x_val, 0, len(x_val))
+        return dataset.batch(max(1, len(x_val))).cache()
     rows = tf.data.Dataset.range(len(x_val)).batch(STREAM_ROWS)
     return row_batches(tf, rows, x_val, y_val, n_classes)
 
@@ -329,25 +367,26 @@ def float32_head(keras, model):
 PREDICT_ROWS = 8192  # feature vectors per call of the head in write_predictions
 
 
-def predict_chunk(keras, model, features: np.ndarray, lo: int) -> np.ndarray:
-    """The head's output for rows [lo, lo + PREDICT_ROWS) of ``features``, whose pages are then
-    handed back to the OS (``features`` may be memory-mapped and larger than memory)."""
-    chunk = np.asarray(features[lo : lo + PREDICT_ROWS])
+def predict_chunk(keras, model, features: np.ndarray, lo: int, end: int) -> np.ndarray:
+    """The head's output for rows [lo, min(lo + PREDICT_ROWS, end)) of ``features``, whose pages
+    are then handed back to the OS (``features`` may be memory-mapped and larger than memory)."""
+    chunk = np.asarray(features[lo : min(lo + PREDICT_ROWS, end)])
     probs = keras.ops.convert_to_numpy(model(chunk, training=False))
     release_rows(features, lo, lo + len(chunk))
     return probs
 
 
-def head_probabilities(keras, model, features: np.ndarray) -> np.ndarray:
-    """The head's class probabilities for ``features``, as float32, in chunks of PREDICT_ROWS.
+def head_probabilities(keras, model, features: np.ndarray, rows: int | None = None) -> np.ndarray:
+    """The head's class probabilities for the first ``rows`` (default: all) of ``features``, as
+    float32, in chunks of PREDICT_ROWS. Pass a memory-mapped file whole and ``rows``, not a
+    slice: the pages of a slice's rows cannot be handed back (``release_rows``).
 
     Direct calls of the model (inference mode), not ``model.predict``: predict traces a new
     function and builds a data adapter for each call, about 0.1 s each here for a few hundred
     vectors; the numbers are the same (``tests/test_train.py`` compares with predict).
     """
-    chunks = [
-        predict_chunk(keras, model, features, i) for i in range(0, len(features), PREDICT_ROWS)
-    ]
+    end = len(features) if rows is None else rows
+    chunks = [predict_chunk(keras, model, features, i, end) for i in range(0, end, PREDICT_ROWS)]
     n_classes = model.output_shape[-1]
     return (
         np.concatenate(chunks).astype(np.float32)
@@ -364,7 +403,7 @@ def write_predictions(keras, model, n_train: int) -> None:
     for split in paths.SPLITS:
         features = load_npy(paths.features(split), mmap=True)
         rows = n_train if split == "train" else len(features)
-        save_npy(paths.probs(split), head_probabilities(keras, model, features[:rows]))
+        save_npy(paths.probs(split), head_probabilities(keras, model, features, rows))
 
 
 def main() -> None:

@@ -77,3 +77,39 @@ def test_every_section_that_code_cites_exists(source: str, page: str, title: str
     assert title.lower() in headings(ROOT / page), (
         f'{source} cites {page} "{title}": no such section'
     )
+
+
+def test_the_scale_figures_read_older_and_partial_records(tmp_path: Path):
+    """bench/scale.json from before start-up was measured (no image size, CPUs or start-up),
+    and one where Ray was not installed: every figure or an en dash, never a KeyError."""
+    (tmp_path / "bench").mkdir()
+    record = tmp_path / "bench" / "scale.json"
+    train = [{"vectors": 2000, "feature_bytes": 8192000, "peak_rss_bytes": 711073792}]
+    old = [
+        {"engine": "local", "nodes": 1, "images_per_s": 161.5},
+        {"engine": "ray", "nodes": 2, "cpus_per_node": 1, "images_per_s": 3.8},
+    ]
+    record.write_text(json.dumps({"command": "c", "train": train, "extract": old, "gpu": "none"}))
+    text = docs.scale(tmp_path)
+    assert "| ray | \u2013 | 2 | 2 | 4 | 2 | \u2013 |" in text and "GPU: none" in text
+    assert "one hour: 580,000 images" in text  # 161.5 images/s x 3,600 s, 2 significant digits
+    local = {"engine": "local", "image_size": 224, "nodes": 1, "cpus": 2, "images": [128, 512]}
+    local |= {"call_s": [11.0, 16.0], "images_per_s": 76.8, "images_per_s_per_cpu": 38.4}
+    skipped = {"engine": "ray", "skipped": "Ray is not installed"}
+    extract = [local | {"startup_s": 9.3}, skipped]
+    record.write_text(json.dumps({"command": "c", "train": train, "extract": extract}))
+    text = docs.scale(tmp_path)
+    assert "224 px: 77 images/s, 38 per CPU core" in text
+    assert "one hour: 280,000 images" in text  # 76.8 x (3,600 - 9.3)
+    assert "ray: skipped (Ray is not installed)" in text and "GPU: unmeasured" in text
+
+
+def test_the_growing_figures_read_a_record_without_the_smaller_folder(tmp_path: Path):
+    (tmp_path / "bench").mkdir()
+    record = json.loads((ROOT / "bench" / "growing.json").read_text())
+    record.pop("smaller_folder", None)
+    record["peak_rss_mib_by_images"] = {"2000": 923}
+    (tmp_path / "bench" / "growing.json").write_text(json.dumps(record))
+    text = docs.growing(tmp_path)
+    assert "smaller folder" not in text and "2,000 images: 923 MiB" in text
+    assert f"| after adding {record['after_adding']['added']:,} |" in text

@@ -6,16 +6,23 @@ tested there instead."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO_ROOT, run
+from conftest import REPO_ROOT, command_env, run, write_params
+
+from stages.common import paths
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason="Ray is not installed: requirements-ray.txt")
@@ -93,7 +100,7 @@ def actor_processes() -> list:
     found = []
     for process in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(process.info["cmdline"] or [])
-        if "FeatureActor" in cmdline and process.pid != os.getpid():
+        if cmdline.startswith("ray::") and "FeatureActor" in cmdline:
             found.append(process)
     return found
 
@@ -135,3 +142,93 @@ def test_engine_ray_without_ray_is_a_one_line_error(tmp_path) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("ERROR:") and "requirements-ray.txt" in lines[-1]
     assert "Traceback" not in result.stderr
+
+
+def no_actors_within(seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while actor_processes():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def features_written(repo: Path) -> bool:
+    """Some feature rows from the actor pool are in extract's scratch file (so more to come)."""
+    for scratch in (repo / paths.FEATURES_DIR).glob(".scratch-*.npy"):
+        with contextlib.suppress(OSError, ValueError):  # not yet sized, or already gone
+            if np.load(scratch, mmap_mode="r").any():
+                return True
+    return False
+
+
+def stage_outputs(repo: Path) -> dict[str, str]:
+    """sha256 of everything extract writes (data/features/*, the saved extractor)."""
+    files = [*sorted((repo / paths.FEATURES_DIR).glob("*")), repo / paths.EXTRACTOR]
+    return {
+        str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in files
+        if p.is_file()
+    }
+
+
+def temp_files(repo: Path) -> list[str]:
+    """The stages' half-written files (``.tmp-*``, ``.scratch-*``), DVC's and git's dirs aside."""
+    return sorted(
+        str(p.relative_to(repo))
+        for p in repo.rglob("*")
+        if p.name.startswith((".tmp-", ".scratch-"))
+        and p.relative_to(repo).parts[0] not in (".dvc", ".git")
+    )
+
+
+@needs_ray
+@pytest.mark.slow
+def test_ctrl_c_on_the_ray_driver_leaves_no_output_and_a_rerun_matches_local(
+    cluster, pipeline_repo, tmp_path
+) -> None:
+    """SIGINT to the extract stage (the Ray driver) once the actor pool's first features are in
+    its scratch file: the one-line interrupt, exit 130, no output or temp file (what the local
+    engine guarantees, tests/test_faults.py), no actor left; then a rerun on Ray computes every
+    image and writes the bytes a local-engine run writes."""
+    assert no_actors_within(60), "actors of an earlier test are still running"
+    repo = pipeline_repo
+    write_params(repo, {"extract.engine": "ray", "data.max_per_class": 100})
+    run(["dvc", "repro", "augment"], repo)  # split and augment: extract's inputs
+    log = tmp_path / "sigint.log"
+    with log.open("w") as out:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "stages.extract"],
+            cwd=repo,
+            env=command_env(),  # RAY_ADDRESS: the module's two-node cluster
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while not features_written(repo) and driver.poll() is None:
+                assert time.monotonic() < deadline, log.read_text()[-4000:]
+                time.sleep(0.02)
+            driver.send_signal(signal.SIGINT)
+            code = driver.wait(timeout=120)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait()
+    output = log.read_text()
+    assert code == 130, output[-4000:]
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines[-1] == "Interrupted: no output of this stage was written.", output[-4000:]
+    assert "Traceback" not in output, output[-4000:]
+    assert stage_outputs(repo) == {} and temp_files(repo) == []
+    assert no_actors_within(60), "an actor outlived the interrupted driver"
+
+    rerun = run([sys.executable, "-m", "stages.extract"], repo)
+    assert re.search(r"extract: computed [1-9]\d* image\(s\), 0 from the store", rerun.stdout)
+    on_ray = stage_outputs(repo)
+    assert len(on_ray) == 11 and temp_files(repo) == []  # 3 splits x 3 arrays, info.json, model
+    for path in on_ray:
+        (repo / path).unlink()
+    write_params(repo, {"extract.engine": "local"})
+    run([sys.executable, "-m", "stages.extract"], repo)
+    assert stage_outputs(repo) == on_ray

@@ -322,6 +322,23 @@ def test_feature_moments_are_numpys_bit_for_bit_in_any_chunking(
         assert np.array_equal(mean, expected[0]) and np.array_equal(variance, expected[1])
 
 
+def test_rows_read_from_the_file_are_the_mapped_rows(keras, tmp_path: Path) -> None:
+    """``file_rows`` (pread, not the mapping): any order, runs of consecutive rows, none; only
+    for a whole mapped float32 file. Predictions of a whole file's first rows are its slice's."""
+    x, _ = blobs(50, seed=6)
+    mapped = memmapped(tmp_path, "x.npy", x)
+    read = train_stage.file_rows(mapped)
+    for rows in ([7, 3, 4, 5, 49, 0, 1], list(range(50)), [12], []):
+        rows = np.asarray(rows, dtype=np.int64)
+        np.testing.assert_array_equal(read(rows), x[rows].reshape(len(rows), 8))
+    assert train_stage.file_rows(mapped[10:]) is None and train_stage.file_rows(x) is None
+    model = train_stage.build_head(keras, x, N_CLASSES, TRAIN)
+    np.testing.assert_array_equal(
+        train_stage.head_probabilities(keras, model, mapped, 30),
+        train_stage.head_probabilities(keras, model, x[:30]),
+    )
+
+
 def test_streamed_batches_are_the_in_memory_batches(keras, tmp_path: Path) -> None:
     """Row for row, epoch after epoch (each epoch its own shuffle), from a memory-mapped file."""
     x, y = blobs(200, seed=3)

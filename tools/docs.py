@@ -246,6 +246,139 @@ def params(root: Path) -> str:
     return table(["key", "default", "meaning"], rows)
 
 
+def two_digits(n: float) -> str:
+    """A count rounded to 2 significant digits: 1,234,567 -> "1,200,000"."""
+    if n <= 0:
+        return "0"
+    return f"{round(n, 2 - len(str(int(n)))):,.0f}"
+
+
+def or_dash(value: Any, form: str = "{:,.0f}") -> str:
+    return NONE if value is None else form.format(value)
+
+
+COST_WAITS = {"one hour": 3600, "one night (8 h)": 8 * 3600}  # the waits the cost model states
+
+
+def scale(root: Path) -> str:
+    """bench/scale.json (``python -m bench.scale``): train's memory and epoch time by vectors,
+    extract's steady rate and start-up per engine and node count, and the cost model's figures:
+    images/s per CPU core, the largest folder one machine extracts within each of COST_WAITS."""
+    record = read(root, "bench/scale.json")
+    train = [
+        [
+            f"{r['vectors']:,}",
+            f"{r['feature_bytes'] / 1e9:.3g} GB",
+            f"{r['peak_rss_bytes'] / 2**20:,.0f} MiB",
+            or_dash(r.get("epoch_s"), "{:.2f} s"),
+        ]
+        for r in record["train"]
+    ]
+    done = [r for r in record["extract"] if "skipped" not in r]
+    cores = record.get("machine", {}).get("cores") or record.get("machine", {}).get("cpus")
+    rows, notes = [], []
+    for r in done:
+        cpus = r.get("cpus") or (r["nodes"] * r["cpus_per_node"] if "cpus_per_node" in r else None)
+        per_cpu = r.get("images_per_s_per_cpu") or (cpus and r["images_per_s"] / cpus)
+        calls = [r.get("first_call_s"), *r["call_s"]] if "call_s" in r else []
+        rows.append(
+            [
+                r["engine"],
+                or_dash(r.get("image_size"), "{} px"),
+                str(r["nodes"]),
+                or_dash(cpus, "{}"),
+                f"{r['images_per_s']:,.0f}",
+                or_dash(per_cpu),
+                or_dash(r.get("startup_s"), "{:.1f} s"),
+                " / ".join(or_dash(t, "{:.1f}") for t in calls)
+                + " s ({:,}, {:,})".format(*r["images"])
+                if calls
+                else NONE,
+                {True: "yes", False: "**no**"}.get(r.get("same_features"), NONE),
+            ]
+        )
+        if r["engine"] != "local":
+            continue
+        size = f"{r['image_size']} px" if "image_size" in r else "image size not recorded"
+        covered = ", ".join(
+            f"{wait}: {two_digits(r['images_per_s'] * (t - r.get('startup_s', 0.0)))} images"
+            for wait, t in COST_WAITS.items()
+        )
+        notes.append(
+            f"- One machine ({cores} cores), local engine, {size}: {r['images_per_s']:,.0f} "
+            f"images/s, {r['images_per_s'] / (cpus or cores or 1):,.0f} per CPU core; the largest "
+            f"folder it extracts within {covered}."
+        )
+    ray = [r for r in done if r["engine"] == "ray" and "images_per_s_per_cpu" in r]
+    if ray:
+        nodes = [f"{r['nodes']} node{'s' if r['nodes'] > 1 else ''}" for r in ray]
+        per = ", ".join(
+            f"{r['images_per_s_per_cpu']:,.0f} ({n})" for r, n in zip(ray, nodes, strict=True)
+        )
+        startup = ", ".join(
+            f"{r['startup_s']:.1f} s ({n})" for r, n in zip(ray, nodes, strict=True)
+        )
+        notes.append(f"- Ray: {per} images/s per CPU slot; start-up a call {startup}.")
+    notes += [
+        f"- {r['engine']}: skipped ({r['skipped']})." for r in record["extract"] if "skipped" in r
+    ]
+    notes.append(f"- GPU: {record.get('gpu', 'unmeasured')}.")
+    load = record.get("machine", {}).get("load_average_start")
+    load = "" if load is None else f", load average {load} at its start"
+    header = ["engine", "image size", "nodes", "CPUs", "images/s, steady", "per CPU"]
+    header += ["start-up a call", "calls: cold / n1 / n2 (n1, n2 images)", "features = local"]
+    return (
+        "Train, synthetic 1,024-d vectors:\n\n"
+        + table(["vectors", "features", "peak RSS", "epoch"], train)
+        + "\n\nExtract, the same images for every engine:\n\n"
+        + table(header, rows)
+        + "\n\n"
+        + "\n".join(notes)
+        + f"\n\nRecord: `{record['command']}`{load}."
+    )
+
+
+def growing(root: Path) -> str:
+    """bench/growing.json (``python -m bench.growing``): split+augment+extract from scratch vs
+    after adding images, what each computed, and peak memory by folder size."""
+    record = read(root, "bench/growing.json")
+    runs = {
+        "from scratch": record["from_scratch"],
+        "after adding": record["after_adding"],
+        "smaller folder": record.get("smaller_folder"),
+    }
+    rows = []
+    for name, r in runs.items():
+        if not r:
+            continue
+        done = r.get("computed", {})
+        label = f"after adding {r['added']:,}" if "added" in r else name
+        rows.append(
+            [
+                label,
+                f"{r['images']:,}",
+                f"{r['seconds']:.1f} s",
+                " / ".join(f"{done.get(k, 0):,}" for k in ("split", "augment", "extract")),
+                f"{r['peak_rss_mib']:,} MiB",
+            ]
+        )
+    header = ["run", "images", "time", "computed: split / augment / extract", "peak RSS"]
+    ratio, goal = record["after_over_from_scratch"], record["goal_after_over_from_scratch"]
+    met = "met" if ratio <= goal else "**not met**"
+    by_size = ", ".join(
+        f"{int(n):,} images: {mib:,} MiB"
+        for n, mib in sorted(
+            record.get("peak_rss_mib_by_images", {}).items(), key=lambda i: int(i[0])
+        )
+    )
+    return (
+        table(header, rows)
+        + f"\n\nAfter adding: {pct(ratio)} of the time from scratch (goal: at most {pct(goal)}, "
+        f"{met}); `dvc add` took {record['after_adding'].get('dvc_add_seconds', 0):.1f} s more. "
+        f"Peak RSS by folder size: {by_size}. Record: `{record['command']}`."
+    )
+
+
 GENERATORS: dict[str, Callable[[Path], str]] = {
     "results": results,
     "seeds-mnist": seeds("bench/accuracy_mnist.json"),
@@ -255,6 +388,8 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "export": export,
     "bench": bench,
     "params": params,
+    "scale": scale,
+    "growing": growing,
 }
 
 
