@@ -42,13 +42,16 @@ FACTORS = ("rotation", "translation", "zoom", "brightness", "contrast")
 
 
 def augment_salt(augment: dict) -> bytes:
-    """What, besides an image and the copy index, decides a copy (batch_size does not)."""
+    """What, besides an image and the copy index, decides a copy's draw (batch_size does not)."""
     settings = {k: augment[k] for k in ("seed", *FACTORS)}
-    return digest("augment", settings, code_digest(__file__))
+    return digest("augment", settings)
 
 
 def copy_keys(salt: bytes, image_keys: np.ndarray, copies: int) -> np.ndarray:
-    """(copies * n, 32) keys of the output rows, copy-major: hash(salt, image content, copy)."""
+    """(copies * n, 32) draw keys of the output rows, copy-major: hash(salt, image content, copy).
+
+    A copy's random transform comes from its draw key alone, so it depends on the image, the
+    copy index and the params, never on the other images or on this file's bytes."""
     keys = np.empty((copies * len(image_keys), 32), dtype=np.uint8)
     for c in range(copies):
         for i, key in enumerate(image_keys):
@@ -56,6 +59,16 @@ def copy_keys(salt: bytes, image_keys: np.ndarray, copies: int) -> np.ndarray:
                 digest(salt, key.tobytes(), c), dtype=np.uint8
             )
     return keys
+
+
+def store_keys(draw_keys: np.ndarray) -> np.ndarray:
+    """The store's key of each row: its draw key and this stage's code, so that a code change
+    recomputes the copies (the same draws) instead of reusing what older code made."""
+    code = code_digest(__file__)
+    return np.array(
+        [np.frombuffer(digest(code, key.tobytes()), dtype=np.uint8) for key in draw_keys],
+        dtype=np.uint8,
+    ).reshape(len(draw_keys), 32)
 
 
 def draw(key: bytes, augment: dict, size: int) -> tuple[np.ndarray, float, float]:
@@ -112,16 +125,17 @@ def augment_batch(keras, images: np.ndarray, keys: np.ndarray, augment: dict) ->
 
 
 def compute_copies(
-    augment: dict, images: np.ndarray, keys: np.ndarray, todo: np.ndarray, out: np.ndarray
+    augment: dict, images: np.ndarray, draws: np.ndarray, todo: np.ndarray, out: np.ndarray
 ) -> None:
-    """Write the copies of output rows ``todo`` (copy-major numbering) into ``out``, in order."""
+    """Write the copies of output rows ``todo`` (copy-major numbering; ``draws``: their draw keys)
+    into ``out``, in order."""
     keras = setup_keras(augment["seed"])
     batch, n = augment["batch_size"], len(images)
     progress = keras.utils.Progbar(len(todo), unit_name="image")
     for lo in range(0, len(todo), batch):
         rows = todo[lo : lo + batch]
         source = np.asarray(images[rows % n])
-        out[lo : lo + len(rows)] = augment_batch(keras, source, keys[rows], augment)
+        out[lo : lo + len(rows)] = augment_batch(keras, source, draws[rows], augment)
         release_rows(out, lo, lo + len(rows))  # memory flat in the folder's size
         release_rows(images, 0, n)
         progress.add(len(rows))
@@ -133,7 +147,8 @@ def main() -> None:
     images = load_npy(paths.split_images("train"), mmap=True)
     labels = load_npy(paths.split_labels("train"))
     copies, n = augment["copies"], len(images)
-    keys = copy_keys(augment_salt(augment), content_keys(images, b"image"), copies)
+    draws = copy_keys(augment_salt(augment), content_keys(images, b"image"), copies)
+    keys = store_keys(draws)
     store = Store()
     store.add_outputs(
         "augment", paths.AUGMENTED_DIR, [(paths.AUGMENTED_INDEX.name, paths.AUGMENTED_IMAGES.name)]
@@ -146,7 +161,7 @@ def main() -> None:
             computed = np.lib.format.open_memmap(
                 scratch, mode="w+", dtype=np.uint8, shape=(len(todo), *images.shape[1:])
             )
-            compute_copies(augment, images, keys, todo, computed)
+            compute_copies(augment, images, draws, todo, computed)
         with npy_writer(paths.AUGMENTED_IMAGES, shape, np.uint8) as out:
             index = assemble(out, keys, store, computed, position)
         del computed

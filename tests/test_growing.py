@@ -205,6 +205,21 @@ def test_copies_and_features_do_not_depend_on_the_batch() -> None:
     np.testing.assert_array_equal(all_five[3:5], first_two)
 
 
+def test_a_code_change_recomputes_the_copies_but_draws_the_same(monkeypatch) -> None:
+    """The store key of a copy names augment.py's code; its random draw does not, so editing the
+    file recomputes the copies and gets the same bytes."""
+    from stages import augment
+
+    params = {"seed": 42, "rotation": 0.1, "translation": 0.1, "zoom": 0.1}
+    params |= {"brightness": 0.1, "contrast": 0.1}
+    images = np.arange(3 * 32, dtype=np.uint8).reshape(3, 32)
+    draws = augment.copy_keys(augment.augment_salt(params), images, 2)
+    stored = augment.store_keys(draws)
+    monkeypatch.setattr(augment, "code_digest", lambda *files: "edited")
+    assert np.array_equal(augment.copy_keys(augment.augment_salt(params), images, 2), draws)
+    assert not np.array_equal(augment.store_keys(draws), stored)
+
+
 # End to end: a DVC-tracked folder that grows, with real `dvc repro`, `dvc exp run --temp` and
 # a second clone after `dvc push` / `dvc pull` (a local-directory remote).
 FOLDER_PARAMS = {

@@ -338,6 +338,23 @@ def scale(root: Path) -> str:
     )
 
 
+def scale_summary(root: Path) -> str:
+    """README's one-line cost figure (bench/scale.json): the local engine at its largest image size
+    per machine and per CPU core, what one machine extracts in a night, and the GPU's status."""
+    record = read(root, "bench/scale.json")
+    local = [r for r in record["extract"] if r["engine"] == "local" and "skipped" not in r]
+    if not local:
+        return "*(no extract rows in bench/scale.json yet: `python -m bench.scale`)*"
+    r = max(local, key=lambda row: row.get("image_size", 0))
+    cpus = r.get("cpus") or record.get("machine", {}).get("cores") or 1
+    night = two_digits(r["images_per_s"] * 8 * 3600)
+    return (
+        f"at {r.get('image_size', '?')} px the local engine extracts {r['images_per_s']:,.0f} "
+        f"images/s on {cpus} CPU cores ({r['images_per_s'] / cpus:,.0f} per core), about {night} "
+        f"images in an 8-hour night; GPU: {record.get('gpu', 'unmeasured')}."
+    )
+
+
 def growing(root: Path) -> str:
     """bench/growing.json (``python -m bench.growing``): split+augment+extract from scratch vs
     after adding images, what each computed, and peak memory by folder size."""
@@ -389,6 +406,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "bench": bench,
     "params": params,
     "scale": scale,
+    "scale-summary": scale_summary,
     "growing": growing,
 }
 
