@@ -201,8 +201,12 @@ class Store:
 
     def extra(self, key: bytes) -> np.ndarray:
         """The extra index bytes stored with ``key`` (verified with the row)."""
+        return self.entry(key)[INDEX_WIDTH:]
+
+    def entry(self, key: bytes) -> np.ndarray:
+        """The stored index row of ``key`` (key, check, extras), verified with its row."""
         source, row = self._where[key]
-        return self._sources[source][0][row, INDEX_WIDTH:]
+        return self._sources[source][0][row]
 
 
 def missing_rows(store: Store, keys: np.ndarray, chunk: int = 1024) -> np.ndarray:
@@ -249,18 +253,33 @@ def assemble(
     ``extras`` (rows of bytes stored with each row, e.g. split's notes) go into the index.
     Written chunk by chunk, each chunk's pages (and those read from ``computed`` and the store)
     released, so memory stays flat however large ``out`` is.
+    A reused row keeps its verified index entry (same key, row and extras: the same check);
+    only new rows are hashed.
     """
     width = INDEX_WIDTH + (0 if extras is None else extras.shape[1])
     index = np.empty((len(keys), width), dtype=np.uint8)
     for lo in range(0, len(keys), chunk):
         hi = min(lo + chunk, len(keys))
         block = np.empty((hi - lo, *out.shape[1:]), dtype=out.dtype)
+        fresh = []
         for j in range(lo, hi):
             key = keys[j].tobytes()
             pos = position.get(key)
-            block[j - lo] = computed[pos] if pos is not None else store.row(key)
+            if pos is not None:
+                block[j - lo] = computed[pos]
+                fresh.append(j)
+                continue
+            block[j - lo], entry = store.row(key), store.entry(key)
+            if len(entry) == width and (extras is None or (entry[INDEX_WIDTH:] == extras[j]).all()):
+                index[j] = entry
+            else:
+                fresh.append(j)
         out[lo:hi] = block
-        index[lo:hi] = index_rows(keys[lo:hi], block, None if extras is None else extras[lo:hi])
+        if fresh:
+            rows = np.array(fresh)
+            index[rows] = index_rows(
+                keys[rows], block[rows - lo], None if extras is None else extras[rows]
+            )
         release_rows(out, lo, hi)
         if computed is not None:
             release_rows(computed, 0, len(computed))
