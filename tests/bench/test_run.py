@@ -57,3 +57,9 @@ def test_every_module_is_used_by_a_docs_page_or_a_test():
     for module in sorted(p.stem for p in (ROOT / "bench").glob("*.py") if p.stem not in shared):
         used = (f"bench.{module}", f"bench/{module}.py", f"bench import {module}")
         assert any(u in text for u in used for text in texts), f"bench/{module}.py: no page or test"
+
+
+def test_extract_plans_time_whole_batches() -> None:
+    """extract pads every batch to extract.batch_size: a partial batch would time padding."""
+    batch = run.params("extract")["batch_size"]
+    assert all(images % batch == 0 for images, _ in run.EXTRACT_PLANS.values()), run.EXTRACT_PLANS
