@@ -205,6 +205,21 @@ def test_copies_and_features_do_not_depend_on_the_batch() -> None:
     np.testing.assert_array_equal(all_five[3:5], first_two)
 
 
+def test_copy_and_store_keys_are_the_store_digest_of_their_parts() -> None:
+    """The fast key loops hash exactly ``digest``'s parts (the keys of every stored copy)."""
+    from stages import augment
+    from stages.common.store import code_digest, digest
+
+    images = np.arange(3 * 32, dtype=np.uint8).reshape(3, 32)
+    draws = augment.copy_keys(b"salt", images, 2)
+    expected = [digest(b"salt", images[i].tobytes(), c) for c in range(2) for i in range(3)]
+    assert [k.tobytes() for k in draws] == expected
+    code = code_digest(augment.__file__)
+    assert [k.tobytes() for k in augment.store_keys(draws)] == [
+        digest(code, k.tobytes()) for k in draws
+    ]
+
+
 def test_a_code_change_recomputes_the_copies_but_draws_the_same(monkeypatch) -> None:
     """The store key of a copy names augment.py's code; its random draw does not, so editing the
     file recomputes the copies and gets the same bytes."""

@@ -54,11 +54,12 @@ def code_digest(*files: str | Path) -> str:
 def content_keys(images: np.ndarray, salt: bytes, progress=None, chunk: int = 1024) -> np.ndarray:
     """(N, 32) uint8: sha256(salt + row bytes) of every row of ``images`` (read chunk by chunk)."""
     keys = np.empty((len(images), KEY_BYTES), dtype=np.uint8)
+    salted = hashlib.sha256(salt)
     for lo in range(0, len(images), chunk):
         rows = np.ascontiguousarray(images[lo : lo + chunk])
         for i, row in enumerate(rows):
-            h = hashlib.sha256(salt)
-            h.update(row.tobytes())
+            h = salted.copy()
+            h.update(row)  # the row's buffer, not a copy of it
             keys[lo + i] = np.frombuffer(h.digest(), dtype=np.uint8)
         release_rows(images, lo, lo + len(rows))
         if progress is not None:
@@ -68,8 +69,10 @@ def content_keys(images: np.ndarray, salt: bytes, progress=None, chunk: int = 10
 
 def row_check(key: bytes, row: np.ndarray, extra: bytes = b"") -> bytes:
     """The first bytes of sha256(key + extra + row bytes): what a stored row is verified by."""
-    data = key + extra + np.ascontiguousarray(row).tobytes()
-    return hashlib.sha256(data).digest()[:CHECK_BYTES]
+    h = hashlib.sha256(key)
+    h.update(extra)
+    h.update(np.ascontiguousarray(row))
+    return h.digest()[:CHECK_BYTES]
 
 
 def index_rows(keys: np.ndarray, rows: np.ndarray, extras: np.ndarray | None = None) -> np.ndarray:
@@ -172,32 +175,47 @@ class Store:
     def __len__(self) -> int:
         return len(self._where)
 
-    def verify(self, key: bytes) -> bool:
-        """True if a row for ``key`` is stored and passes its check (one that fails is dropped)."""
-        found = self._where.get(key)
-        if found is None:
-            return False
-        index, data = self._sources[found[0]]
-        try:
-            row = np.array(data[found[1]])
-        except (OSError, ValueError):
-            row = None
-        entry = index[found[1]]
-        extra = entry[INDEX_WIDTH:].tobytes()
-        if row is None or row_check(key, row, extra) != entry[KEY_BYTES:INDEX_WIDTH].tobytes():
-            del self._where[key]
-            return False
-        return True
+    def verify(self, keys: np.ndarray) -> np.ndarray:
+        """For each of ``keys`` ((n, 32) uint8): is a row stored and does it pass its check? One
+        that fails is dropped. Rows are read source by source, in file order."""
+        ok = np.zeros(len(keys), dtype=bool)
+        for i, (index, data), rows in self._located(keys):
+            try:
+                block = np.asarray(data[rows])
+            except (OSError, ValueError):
+                continue
+            entries = index[rows]
+            for j, row, entry in zip(i, block, entries, strict=True):
+                key = entry[:KEY_BYTES].tobytes()
+                check = row_check(key, row, entry[INDEX_WIDTH:].tobytes())
+                ok[j] = check == entry[KEY_BYTES:INDEX_WIDTH].tobytes()
+        for j in np.flatnonzero(~ok):
+            self._where.pop(keys[j].tobytes(), None)
+        return ok
+
+    def rows(self, keys: np.ndarray, shape: tuple, dtype, width: int) -> tuple:
+        """The stored rows of ``keys`` (all accepted by ``verify``), in order, and their index
+        entries; an entry whose width is not ``width`` is left zero (its check is recomputed)."""
+        rows = np.empty((len(keys), *shape), dtype=dtype)
+        entries = np.zeros((len(keys), width), dtype=np.uint8)
+        for i, (index, data), found in self._located(keys):
+            rows[i] = data[found]
+            if index.shape[1] == width:
+                entries[i] = index[found]
+        return rows, entries
+
+    def _located(self, keys: np.ndarray):
+        """(positions in ``keys``, source, its rows sorted) for each source holding some of them."""
+        found = [self._where.get(key.tobytes()) for key in keys]
+        for source in {f[0] for f in found if f is not None}:
+            picked = sorted((f[1], j) for j, f in enumerate(found) if f and f[0] == source)
+            rows = np.array([r for r, _ in picked], dtype=np.int64)
+            yield np.array([j for _, j in picked], dtype=np.int64), self._sources[source], rows
 
     def release(self) -> None:
         """Hand the pages of every stored array read so far back to the OS (``release_rows``)."""
         for _, data in self._sources:
             release_rows(data, 0, len(data))
-
-    def row(self, key: bytes) -> np.ndarray:
-        """The stored row for ``key``: only for keys that ``verify`` accepted."""
-        source, row = self._where[key]
-        return self._sources[source][1][row]
 
     def extra(self, key: bytes) -> np.ndarray:
         """The extra index bytes stored with ``key`` (verified with the row)."""
@@ -217,9 +235,7 @@ def missing_rows(store: Store, keys: np.ndarray, chunk: int = 1024) -> np.ndarra
     """
     missing = []
     for lo in range(0, len(keys), chunk):
-        missing += [
-            lo + i for i, key in enumerate(keys[lo : lo + chunk]) if not store.verify(key.tobytes())
-        ]
+        missing += (lo + np.flatnonzero(~store.verify(keys[lo : lo + chunk]))).tolist()
         store.release()
     return np.array(missing, dtype=np.int64)
 
@@ -261,24 +277,25 @@ def assemble(
     for lo in range(0, len(keys), chunk):
         hi = min(lo + chunk, len(keys))
         block = np.empty((hi - lo, *out.shape[1:]), dtype=out.dtype)
-        fresh = []
-        for j in range(lo, hi):
-            key = keys[j].tobytes()
-            pos = position.get(key)
-            if pos is not None:
-                block[j - lo] = computed[pos]
-                fresh.append(j)
-                continue
-            block[j - lo], entry = store.row(key), store.entry(key)
-            if len(entry) == width and (extras is None or (entry[INDEX_WIDTH:] == extras[j]).all()):
-                index[j] = entry
-            else:
-                fresh.append(j)
+        found = [position.get(key.tobytes()) for key in keys[lo:hi]]
+        new = np.array([j for j, pos in enumerate(found) if pos is not None], dtype=np.int64)
+        old = np.array([j for j, pos in enumerate(found) if pos is None], dtype=np.int64)
+        if len(new):
+            block[new] = computed[[found[j] for j in new]]
+        entries = np.zeros((0, width), dtype=np.uint8)
+        if len(old):
+            block[old], entries = store.rows(keys[lo + old], out.shape[1:], out.dtype, width)
         out[lo:hi] = block
-        if fresh:
-            rows = np.array(fresh)
-            index[rows] = index_rows(
-                keys[rows], block[rows - lo], None if extras is None else extras[rows]
+        index[lo + old] = entries
+        # A reused entry is kept when it is this row's (key, extras): then its check is too.
+        differs = (entries[:, :KEY_BYTES] != keys[lo + old]).any(axis=1)
+        if extras is not None:
+            differs |= (entries[:, INDEX_WIDTH:] != extras[lo + old]).any(axis=1)
+        stale = old[differs]
+        fresh = np.concatenate([new, stale])
+        if len(fresh):
+            index[lo + fresh] = index_rows(
+                keys[lo + fresh], block[fresh], None if extras is None else extras[lo + fresh]
             )
         release_rows(out, lo, hi)
         if computed is not None:
