@@ -281,23 +281,33 @@ def row_batches(tf, rows, x: np.ndarray, labels: np.ndarray, n_classes: int):
     return rows.map(gather).prefetch(2)
 
 
-def train_dataset(x: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int, seed: int):
-    """Shuffled training batches, each gathered from ``x`` (memory-mapped or not) when needed.
+def epoch_rows(tf, n: int, batch_size: int, seed: int):
+    """Batches of row indices, in a new seeded order each epoch (each iteration of the dataset).
 
-    Only row indices are shuffled (seeded, a new order each epoch; tf.data's shuffle buffer
-    holds each index as a tensor of its own: 200 to 350 bytes a row, measured) and each batch
-    reads its rows (``file_rows``); the feature vectors are never all in memory
-    at once. Same batches, in the same order, as gathering from the whole array held as a
-    tensor (tests/test_train.py compares the saved heads byte for byte).
+    Each epoch draws a seed (``Dataset.random``, seeded) and shuffles the indices with it as one
+    tensor (``stateless_shuffle``: 8 bytes a row, where tf.data's shuffle buffer holds each
+    index as a tensor of its own, 200 to 350 bytes a row), so memory stays flat in ``n``.
+    """
+
+    def epoch_order(epoch_seed):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([epoch_seed, tf.constant(seed, tf.int64)])
+        )
+        return tf.data.Dataset.from_tensor_slices(order)
+
+    epoch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+    return epoch_seeds.flat_map(epoch_order).batch(batch_size)
+
+
+def train_dataset(x: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int, seed: int):
+    """Shuffled training batches (``epoch_rows``), each gathered from ``x`` (memory-mapped or
+    not) when needed: each batch reads its rows (``file_rows``), so the feature vectors are
+    never all in memory at once. Same batches, in the same order, as gathering from the whole
+    array held as a tensor (tests/test_train.py compares the saved heads byte for byte).
     """
     import tensorflow as tf
 
-    rows = (
-        tf.data.Dataset.range(len(x))
-        .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
-    )
-    return row_batches(tf, rows, x, labels, n_classes)
+    return row_batches(tf, epoch_rows(tf, len(x), batch_size, seed), x, labels, n_classes)
 
 
 def validation_dataset(x_val: np.ndarray, y_val: np.ndarray, n_classes: int):

@@ -293,12 +293,24 @@ def in_memory_dataset(x: np.ndarray, targets: np.ndarray, batch_size: int, seed:
 
     features, labels = tf.constant(x), tf.constant(targets)
     return (
-        tf.data.Dataset.range(len(x))
-        .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
+        train_stage.epoch_rows(tf, len(x), batch_size, seed)
         .map(lambda rows: (tf.gather(features, rows), tf.gather(labels, rows)))
         .prefetch(2)
     )
+
+
+def test_every_epoch_is_a_new_seeded_permutation_of_the_rows(keras) -> None:
+    import tensorflow as tf
+
+    def two_epochs(seed: int) -> list[np.ndarray]:
+        rows = train_stage.epoch_rows(tf, 100, 32, seed)
+        return [np.concatenate([b.numpy() for b in rows]) for _ in range(2)]
+
+    first, second = two_epochs(5)
+    assert sorted(first) == sorted(second) == list(range(100))
+    assert not np.array_equal(first, second), "each epoch its own order"
+    assert all(np.array_equal(a, b) for a, b in zip(two_epochs(5), (first, second), strict=True))
+    assert not np.array_equal(two_epochs(6)[0], first), "another seed, another order"
 
 
 def memmapped(tmp_path: Path, name: str, array: np.ndarray) -> np.ndarray:
