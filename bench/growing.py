@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"from scratch {from_scratch['seconds']} s, after +{added} images {after['seconds']} s ({ratio:.1%})"
     )
-    write_record(args.out, record, "growing", sys.argv[1:] if argv is None else argv)
+    write_record(args.out, record, "growing", argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         "extract": extract_rows(SMALL_EXTRACT if args.small else EXTRACT),
         "gpu": "unmeasured: no GPU was lent to this run",
     }
-    write_record(args.out, record, "scale", sys.argv[1:] if argv is None else argv)
+    write_record(args.out, record, "scale", argv)
 
 
 if __name__ == "__main__":

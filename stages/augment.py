@@ -15,8 +15,6 @@ Outputs (``data/augmented/``): ``images.npy`` (copies x train images, uint8, cop
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 
 import numpy as np
@@ -32,7 +30,9 @@ from stages.common.store import (
     content_keys,
     digest,
     first_of_each,
+    hasher,
     missing_rows,
+    part,
 )
 from stages.common.tf import setup_keras
 
@@ -55,34 +55,25 @@ def copy_keys(salt: bytes, image_keys: np.ndarray, copies: int) -> np.ndarray:
     A copy's random transform comes from its draw key alone, so it depends on the image, the
     copy index and the params, never on the other images or on this file's bytes."""
     keys = np.empty((copies * len(image_keys), 32), dtype=np.uint8)
-    salted = hashlib.sha256(len(salt).to_bytes(8, "big") + salt + KEY_LENGTH)
+    salted = hasher(salt)
     for c in range(copies):
         copy = part(c)
         for i, key in enumerate(image_keys):
-            h = salted.copy()  # digest(salt, key bytes, c), without its JSON for every row
-            h.update(key)
+            h = salted.copy()  # digest(salt, key bytes, c), the prefix hashed once
+            h.update(part(key.tobytes()))
             h.update(copy)
             keys[c * len(image_keys) + i] = np.frombuffer(h.digest(), dtype=np.uint8)
     return keys
 
 
-def part(value: object) -> bytes:
-    """One length-prefixed JSON part, as ``digest`` (stages/common/store.py) hashes it."""
-    data = json.dumps(value).encode()
-    return len(data).to_bytes(8, "big") + data
-
-
-KEY_LENGTH = (32).to_bytes(8, "big")  # a key part's length prefix
-
-
 def store_keys(draw_keys: np.ndarray) -> np.ndarray:
     """The store's key of each row: its draw key and this stage's code, so that a code change
     recomputes the copies (the same draws) instead of reusing what older code made."""
-    prefix = hashlib.sha256(part(code_digest(__file__)) + KEY_LENGTH)  # digest(code, key)
+    code = hasher(code_digest(__file__))  # digest(code, key)
     keys = np.empty((len(draw_keys), 32), dtype=np.uint8)
     for i, key in enumerate(draw_keys):
-        h = prefix.copy()
-        h.update(key)
+        h = code.copy()
+        h.update(part(key.tobytes()))
         keys[i] = np.frombuffer(h.digest(), dtype=np.uint8)
     return keys
 

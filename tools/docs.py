@@ -347,7 +347,7 @@ def scale_summary(root: Path) -> str:
         return "*(no extract rows in bench/scale.json yet: `python -m bench.scale`)*"
     r = max(local, key=lambda row: row.get("image_size", 0))
     cpus = r.get("cpus") or record.get("machine", {}).get("cores") or 1
-    night = two_digits(r["images_per_s"] * 8 * 3600)
+    night = two_digits(r["images_per_s"] * COST_WAITS["one night (8 h)"])
     return (
         f"at {r.get('image_size', '?')} px the local engine extracts {r['images_per_s']:,.0f} "
         f"images/s on {cpus} CPU cores ({r['images_per_s'] / cpus:,.0f} per core), about {night} "

@@ -36,14 +36,24 @@ INDEX_WIDTH = KEY_BYTES + CHECK_BYTES
 LOCK_FILE = Path("dvc.lock")
 
 
+def part(value: Any) -> bytes:
+    """One part as ``digest`` hashes it: bytes as they are, anything else as sorted JSON, after
+    its length."""
+    data = value if isinstance(value, bytes) else json.dumps(value, sort_keys=True).encode()
+    return len(data).to_bytes(8, "big") + data
+
+
+def hasher(*parts: Any):
+    """A sha256 that has taken ``parts``: ``.copy()`` it to hash many rows after one prefix."""
+    h = hashlib.sha256()
+    for value in parts:
+        h.update(part(value))
+    return h
+
+
 def digest(*parts: Any) -> bytes:
     """sha256 of ``parts`` (bytes as they are, anything else as sorted JSON), length-prefixed."""
-    h = hashlib.sha256()
-    for part in parts:
-        data = part if isinstance(part, bytes) else json.dumps(part, sort_keys=True).encode()
-        h.update(len(data).to_bytes(8, "big"))
-        h.update(data)
-    return h.digest()
+    return hasher(*parts).digest()
 
 
 def code_digest(*files: str | Path) -> str:
@@ -230,7 +240,7 @@ class Store:
 def missing_rows(store: Store, keys: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """Indices of the rows of ``keys`` the store cannot give (absent, or failing their check).
 
-    Each stored row is read and verified here, so ``Store.row`` can copy it later unchecked.
+    Each stored row is read and verified here, so ``Store.rows`` can copy it later unchecked.
     The pages read are released every ``chunk`` rows: memory stays flat in the store's size.
     """
     missing = []
