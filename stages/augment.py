@@ -23,18 +23,19 @@ from stages.common import paths
 from stages.common.errors import run_stage
 from stages.common.io import load_npy, npy_writer, release_rows, save_npy, scratch_path
 from stages.common.params import load_params
+from stages.common.progress import Progress
 from stages.common.store import (
+    KEY_BYTES,
     Store,
     assemble,
     code_digest,
     content_keys,
     digest,
     first_of_each,
-    hasher,
     missing_rows,
     part,
+    row_digests,
 )
-from stages.common.tf import setup_keras
 
 # What this stage reads and writes; tests/test_dvc_yaml.py checks dvc.yaml against it.
 READS = (paths.split_images("train"), paths.split_labels("train"))
@@ -49,33 +50,30 @@ def augment_salt(augment: dict) -> bytes:
     return digest("augment", settings)
 
 
+def parts_table(values: np.ndarray) -> np.ndarray:
+    """Each row of ``values`` (bytes) as ``part`` encodes it for ``digest``: length, then bytes."""
+    length = np.frombuffer(values.shape[1].to_bytes(8, "big"), dtype=np.uint8)
+    return np.concatenate([np.broadcast_to(length, (len(values), 8)), values], axis=1)
+
+
 def copy_keys(salt: bytes, image_keys: np.ndarray, copies: int) -> np.ndarray:
-    """(copies * n, 32) draw keys of the output rows, copy-major: hash(salt, image content, copy).
+    """(copies * n, 32) draw keys of the output rows, copy-major: digest(salt, image key, copy).
 
     A copy's random transform comes from its draw key alone, so it depends on the image, the
     copy index and the params, never on the other images or on this file's bytes."""
-    keys = np.empty((copies * len(image_keys), 32), dtype=np.uint8)
-    salted = hasher(salt)
+    images = parts_table(np.ascontiguousarray(image_keys, dtype=np.uint8))
+    keys = []
     for c in range(copies):
-        copy = part(c)
-        for i, key in enumerate(image_keys):
-            h = salted.copy()  # digest(salt, key bytes, c), the prefix hashed once
-            h.update(part(key.tobytes()))
-            h.update(copy)
-            keys[c * len(image_keys) + i] = np.frombuffer(h.digest(), dtype=np.uint8)
-    return keys
+        copy = np.frombuffer(part(c), dtype=np.uint8)
+        rows = np.concatenate([images, np.broadcast_to(copy, (len(images), len(copy)))], axis=1)
+        keys.append(row_digests(rows, part(salt)))
+    return np.concatenate(keys) if keys else np.zeros((0, KEY_BYTES), dtype=np.uint8)
 
 
 def store_keys(draw_keys: np.ndarray) -> np.ndarray:
-    """The store's key of each row: its draw key and this stage's code, so that a code change
-    recomputes the copies (the same draws) instead of reusing what older code made."""
-    code = hasher(code_digest(__file__))  # digest(code, key)
-    keys = np.empty((len(draw_keys), 32), dtype=np.uint8)
-    for i, key in enumerate(draw_keys):
-        h = code.copy()
-        h.update(part(key.tobytes()))
-        keys[i] = np.frombuffer(h.digest(), dtype=np.uint8)
-    return keys
+    """The store's key of each row: digest(this stage's code, its draw key), so that a code
+    change recomputes the copies (the same draws) instead of reusing what older code made."""
+    return row_digests(parts_table(draw_keys), part(code_digest(__file__)))
 
 
 def draw(key: bytes, augment: dict, size: int) -> tuple[np.ndarray, float, float]:
@@ -110,18 +108,53 @@ def draw(key: bytes, augment: dict, size: int) -> tuple[np.ndarray, float, float
     return transform, brightness, contrast
 
 
-def augment_batch(keras, images: np.ndarray, keys: np.ndarray, augment: dict) -> np.ndarray:
+def affine_bilinear(images: np.ndarray, transforms: np.ndarray, chunk: int = 32) -> np.ndarray:
+    """uint8 images warped by ``transforms`` ((n, 8), Keras' convention) as float32: bilinear,
+    edges extended by their nearest pixel.
+
+    The same numbers as ``keras.ops.image.affine_transform(images, transforms, "bilinear",
+    "nearest")`` (tests/test_augment.py compares them), in NumPy: this stage then starts in a
+    fraction of a second instead of waiting for TensorFlow, which matters when a grown folder
+    leaves only its new images to augment. Each output pixel reads the point the map sends it
+    to, clamped into the image, from the four pixels around it, one channel at a time and
+    ``chunk`` images at a time (arrays that stay in the CPU's cache).
+    """
+    n, h, w, c = images.shape
+    out = np.empty((n, h, w, c), dtype=np.float32)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    for lo in range(0, n, chunk):
+        batch = images[lo : lo + chunk]
+        t = transforms[lo : lo + chunk].astype(np.float32)[:, :, None, None]
+        read_x = np.clip(t[:, 0] * x + t[:, 1] * y + t[:, 2], 0, w - 1)
+        read_y = np.clip(t[:, 3] * x + t[:, 4] * y + t[:, 5], 0, h - 1)
+        left, top = np.floor(read_x), np.floor(read_y)
+        fx, fy = read_x - left, read_y - top
+        left, top = left.astype(np.intp), top.astype(np.intp)
+        # Pixel numbers in the chunk; a pixel on the last column or row is its own right or
+        # lower neighbour (its weight there is 0).
+        first = (np.arange(len(batch))[:, None, None] * h + top) * w + left
+        right = (left < w - 1).astype(np.intp)
+        below = (top < h - 1).astype(np.intp) * w
+        for channel in range(c):
+            plane = np.ascontiguousarray(batch[..., channel]).ravel()
+            upper_left, upper_right, lower_left, lower_right = (
+                plane[at].astype(np.float32)
+                for at in (first, first + right, first + below, first + below + right)
+            )
+            upper = upper_left * (1 - fx) + upper_right * fx
+            lower = lower_left * (1 - fx) + lower_right * fx
+            out[lo : lo + len(batch), ..., channel] = upper * (1 - fy) + lower * fy
+    return out
+
+
+def augment_batch(images: np.ndarray, keys: np.ndarray, augment: dict) -> np.ndarray:
     """The copies with ``keys`` of ``images`` (uint8, one row each), each image on its own."""
     size = images.shape[1]
     drawn = [draw(key.tobytes(), augment, size) for key in keys]
-    transforms = np.stack([t for t, _, _ in drawn])
-    x = images.astype(np.float32)
     if any(augment[f] > 0 for f in ("rotation", "translation", "zoom")):
-        x = keras.ops.convert_to_numpy(
-            keras.ops.image.affine_transform(
-                x, transforms, interpolation="bilinear", fill_mode="nearest"
-            )
-        )
+        x = affine_bilinear(images, np.stack([t for t, _, _ in drawn]))
+    else:
+        x = images.astype(np.float32)
     for i, (_, brightness, contrast) in enumerate(drawn):
         if augment["contrast"] > 0:
             mean = x[i].mean(axis=(0, 1), keepdims=True)
@@ -136,13 +169,12 @@ def compute_copies(
 ) -> None:
     """Write the copies of output rows ``todo`` (copy-major numbering; ``draws``: their draw keys)
     into ``out``, in order."""
-    keras = setup_keras(augment["seed"])
     batch, n = augment["batch_size"], len(images)
-    progress = keras.utils.Progbar(len(todo), unit_name="image")
+    progress = Progress(len(todo), "augment")
     for lo in range(0, len(todo), batch):
         rows = todo[lo : lo + batch]
         source = np.asarray(images[rows % n])
-        out[lo : lo + len(rows)] = augment_batch(keras, source, draws[rows], augment)
+        out[lo : lo + len(rows)] = augment_batch(source, draws[rows], augment)
         release_rows(out, lo, lo + len(rows))  # memory flat in the folder's size
         release_rows(images, 0, n)
         progress.add(len(rows))
@@ -160,7 +192,7 @@ def main() -> None:
     store.add_outputs(
         "augment", paths.AUGMENTED_DIR, [(paths.AUGMENTED_INDEX.name, paths.AUGMENTED_IMAGES.name)]
     )
-    todo, position = first_of_each(keys, missing_rows(store, keys))
+    todo, slots = first_of_each(keys, missing_rows(store, keys))
     shape = (copies * n, *images.shape[1:])
     with scratch_path(paths.AUGMENTED_DIR, ".npy") as scratch:
         computed = np.zeros((0, *images.shape[1:]), dtype=np.uint8)
@@ -170,7 +202,7 @@ def main() -> None:
             )
             compute_copies(augment, images, draws, todo, computed)
         with npy_writer(paths.AUGMENTED_IMAGES, shape, np.uint8) as out:
-            index = assemble(out, keys, store, computed, position)
+            index = assemble(out, keys, store, computed, slots)
         del computed
     save_npy(paths.AUGMENTED_INDEX, index)
     save_npy(paths.AUGMENTED_LABELS, np.tile(labels, copies))

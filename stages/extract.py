@@ -334,7 +334,7 @@ def extract_all(keras, tf, model, forward, strategy, extract: dict, salt: bytes)
     sizes = {s: sum(len(load_npy(p, mmap=True)) for p in sources(s)) for s in paths.SPLITS}
     keys = np.concatenate([content_keys(a, salt) for a in arrays])
     # One stream of the missing images of every split: one padded batch at most, in all.
-    todo, position = first_of_each(keys, missing_rows(store, keys))
+    todo, slots = first_of_each(keys, missing_rows(store, keys))
     dim = int(model.output_shape[-1])
     with scratch_path(paths.FEATURES_DIR, ".npy") as scratch:
         computed = np.zeros((0, dim), dtype=np.float32)
@@ -351,10 +351,10 @@ def extract_all(keras, tf, model, forward, strategy, extract: dict, salt: bytes)
                 compute_features(tf, forward, strategy, images, batch_size, computed, progress)
         lo = 0
         for split in paths.SPLITS:
-            split_keys = keys[lo : lo + sizes[split]]
+            part = slice(lo, lo + sizes[split])
             lo += sizes[split]
-            with npy_writer(paths.features(split), (len(split_keys), dim), np.float32) as out:
-                index = assemble(out, split_keys, store, computed, position)
+            with npy_writer(paths.features(split), (sizes[split], dim), np.float32) as out:
+                index = assemble(out, keys[part], store, computed, slots[part])
             save_npy(paths.features_index(split), index)
             labels = np.concatenate([load_npy(path) for path in label_sources(split)])
             save_npy(paths.feature_labels(split), labels)

@@ -498,27 +498,28 @@ def test_fingerprint(identities: list[bytes]) -> int:
 
 def prepared_images(
     items: list, names: list[str], keys: np.ndarray, prep: ImagePrep, scratch: Path, store: Store
-) -> tuple[dict[bytes, int], np.ndarray, np.ndarray, dict[str, list[str]]]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, list[str]]]:
     """Decode only the items whose prepared image the store lacks (each distinct content once).
 
-    Returns (key -> row of the decoded array, the decoded array, each item's notes byte with
-    255 for an item that could not be decoded, the names of those by SKIP_REASONS key).
+    Returns (each item's row in the decoded array, -1 for one the store holds; the decoded
+    array; each item's notes byte, 255 for an item that could not be decoded; the names of
+    those by SKIP_REASONS key).
     """
     missing = missing_rows(store, keys)
-    todo, position = first_of_each(keys, missing)
+    todo, slots = first_of_each(keys, missing)
     decoded, good, bad, todo_notes = decode_source(
         [items[i] for i in todo], [names[i] for i in todo], prep, scratch
     )
-    by_key = {keys[todo[j]].tobytes(): notes_byte(todo_notes[j]) for j in good}
+    decoded_notes = np.full(len(todo), FAILED, dtype=np.uint8)
+    for j in good:
+        decoded_notes[j] = notes_byte(todo_notes[j])
     notes = np.empty((len(items), 1), dtype=np.uint8)
-    for i, key in enumerate(keys):
-        key_bytes = key.tobytes()
-        if key_bytes in position:
-            notes[i] = by_key.get(key_bytes, FAILED)
-        else:
-            notes[i] = store.extra(key_bytes)[0]
+    new = slots >= 0
+    notes[new, 0] = decoded_notes[slots[new]]
+    if not new.all():
+        notes[~new] = store.extras(keys[~new])[:, :1]
     print(f"split: decoded {len(todo)} image(s), {len(items) - len(missing)} from the store")
-    return position, decoded, notes, bad
+    return slots, decoded, notes, bad
 
 
 FAILED = 255  # notes byte of an item that could not be decoded
@@ -527,11 +528,11 @@ FAILED = 255  # notes byte of an item that could not be decoded
 def original_thumbnails(items: list, keys: np.ndarray, store: Store) -> None:
     """Write test_originals.npy (and its index), decoding only the thumbnails the store lacks."""
     missing = missing_rows(store, keys)
-    todo, position = first_of_each(keys, missing)
+    todo, slots = first_of_each(keys, missing)
     computed = np.stack([original_thumbnail(items[i]) for i in todo]) if len(todo) else None
     shape = original_thumbnail(items[0]).shape if computed is None else computed.shape[1:]
     with npy_writer(paths.TEST_ORIGINALS, (len(keys), *shape), np.uint8) as out:
-        index = assemble(out, keys, store, computed, position)
+        index = assemble(out, keys, store, computed, slots)
     save_npy(paths.TEST_ORIGINALS_INDEX, index)
 
 
@@ -570,19 +571,20 @@ def main() -> None:
     store = load_store(pairs)
     check_room(paths.SPLIT_DIR, space_needed(len(items), size), "the split's arrays")
     with scratch_path(paths.SPLIT_DIR, ".npy") as scratch:
-        position, decoded, notes, bad = prepared_images(items, names, keys, prep, scratch, store)
+        slots, decoded, notes, bad = prepared_images(items, names, keys, prep, scratch, store)
         for reason, files in bad.items():
             skipped.setdefault(reason, []).extend(files)
         good = np.flatnonzero(notes[:, 0] != FAILED)
         items, labels, names = [items[i] for i in good], labels[good], [names[i] for i in good]
         identities, keys, notes = [identities[i] for i in good], keys[good], notes[good]
+        slots = slots[good]
         if data["source"] == "folder":
             check_classes(classes, labels, data["folder"])
         parts = stable_split(identities, labels, classes, val, test, seed, cap, names)
         for name in SPLITS:
             rows = parts[name]
             with npy_writer(paths.split_images(name), (len(rows), size, size, 3), np.uint8) as out:
-                index = assemble(out, keys[rows], store, decoded, position, notes[rows])
+                index = assemble(out, keys[rows], store, decoded, slots[rows], notes[rows])
             save_npy(paths.split_index(name), index)
             save_npy(paths.split_labels(name), labels[parts[name]])
         del decoded

@@ -19,7 +19,7 @@ from conftest import REPO_ROOT, run
 
 from stages import extract
 from stages.common import paths
-from stages.common.io import load_npy, npy_writer, save_npy
+from stages.common.io import load_npy, npy_writer, open_npy_memmap, save_npy
 from stages.common.resnet50 import to_model_input
 from stages.common.tf import setup_keras
 from stages.common.weights import load_resnet50
@@ -114,11 +114,13 @@ def test_padded_batches_cross_arrays_in_order_and_all_have_the_batch_size(tmp_pa
 def test_released_rows_keep_their_data(tmp_path):
     """Pages handed back to the OS after writing still hold the rows, in memory and on disk."""
     rows = np.arange(3000 * 2048, dtype=np.float32).reshape(3000, 2048)
-    with npy_writer(tmp_path / "f.npy", rows.shape, np.float32) as out:
-        for lo in range(0, len(rows), 256):
-            out[lo : lo + 256] = rows[lo : lo + 256]
-            extract.release_rows(out, lo, lo + 256)
-        np.testing.assert_array_equal(out, rows)
+    out = open_npy_memmap(tmp_path / "f.npy", rows.shape, np.float32)
+    for lo in range(0, len(rows), 256):
+        out[lo : lo + 256] = rows[lo : lo + 256]
+        extract.release_rows(out, lo, lo + 256)
+    np.testing.assert_array_equal(out, rows)
+    out.flush()
+    del out
     np.testing.assert_array_equal(load_npy(tmp_path / "f.npy"), rows)
 
 

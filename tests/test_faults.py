@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import hashlib
+import io
 import json
 import os
 import signal
@@ -30,7 +31,15 @@ from conftest import (
 )
 
 from stages.common import paths
-from stages.common.io import atomic_path, load_npy, save_model, save_npy, scratch_path, write_json
+from stages.common.io import (
+    atomic_path,
+    load_npy,
+    npy_writer,
+    save_model,
+    save_npy,
+    scratch_path,
+    write_json,
+)
 from tools.scratch import stages_run
 
 TEMP_PREFIXES = (".tmp-", ".scratch-")
@@ -134,6 +143,24 @@ def test_atomic_path_keeps_the_old_output_when_the_write_fails(tmp_path):
         raise RuntimeError("killed half-way")
     assert json.loads(target.read_text()) == {"accuracy": 0.9}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_npy_writer_writes_np_save_bytes_in_order_and_only_whole(tmp_path):
+    rows = np.arange(7 * 3 * 2, dtype=np.float32).reshape(7, 3, 2)
+    with npy_writer(tmp_path / "f.npy", rows.shape, np.float32) as out:
+        for lo in range(0, 7, 3):
+            out[lo : lo + 3] = rows[lo : lo + 3]
+        with pytest.raises(ValueError, match="in order"):
+            out[0:1] = rows[:1]
+    saved = io.BytesIO()
+    np.save(saved, rows)
+    assert (tmp_path / "f.npy").read_bytes() == saved.getvalue()
+    # Killed or stopped before the last row: no output, only what was there before.
+    short = npy_writer(tmp_path / "f.npy", rows.shape, np.float32)
+    with pytest.raises(RuntimeError, match="wrote 3 of the 7 rows"), short as out:
+        out[0:3] = rows[:3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npy"]
+    assert (tmp_path / "f.npy").read_bytes() == saved.getvalue()
 
 
 def test_leftovers_of_a_killed_run_are_removed_by_the_next_write(tmp_path):

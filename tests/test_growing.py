@@ -187,9 +187,9 @@ def test_copies_and_features_do_not_depend_on_the_batch() -> None:
     images = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     augment = {"rotation": 0.1, "translation": 0.1, "zoom": 0.1, "brightness": 0.1, "contrast": 0.2}
     keys = copy_keys(b"salt", np.arange(5 * 32, dtype=np.uint8).reshape(5, 32), 1)
-    together = augment_batch(keras, images, keys, augment)
+    together = augment_batch(images, keys, augment)
     alone = np.concatenate(
-        [augment_batch(keras, images[i : i + 1], keys[i : i + 1], augment) for i in range(5)]
+        [augment_batch(images[i : i + 1], keys[i : i + 1], augment) for i in range(5)]
     )
     np.testing.assert_array_equal(together, alone)
     assert (together != images).any()

@@ -110,10 +110,11 @@ def open_npy_memmap(path: str | Path, shape: tuple[int, ...], dtype: Any) -> np.
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, sync: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    Temporaries of ``path`` left by an earlier, killed run are removed first.
+    Temporaries of ``path`` left by an earlier, killed run are removed first. ``sync``: wait
+    until the file's bytes are on the disk before the rename.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,8 +127,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
+        if sync:
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp_path, path)
     except OSError as err:
         if err.errno in NO_ROOM:
@@ -217,18 +219,65 @@ def save_model(model: Any, path: str | Path) -> None:
                 dst.writestr(info, data)
 
 
-@contextlib.contextmanager
-def npy_writer(path: str | Path, shape: tuple[int, ...], dtype: Any) -> Iterator[np.ndarray]:
-    """Yield a writable memory-mapped .npy of ``shape``, filled batch by batch, renamed at the end.
+class RowWriter:
+    """The rows of a .npy file, written in order: ``out[lo:hi] = rows`` where ``lo`` is the row
+    the previous block ended at (what ``npy_writer`` yields).
 
-    Memory stays flat however many rows are written: only the pages being filled are resident.
-    The file's space is reserved first: a full disk ends the run with a message, not a SIGBUS.
+    Plain sequential writes, not stores into a memory map: on a fresh file every first touch of
+    a mapped page is a fault, which made writing a stage's arrays several times slower than
+    the page cache allows. Nothing written stays in the process's memory.
     """
-    with atomic_path(path) as tmp:
-        array = open_npy_memmap(tmp, shape, dtype)
-        yield array
-        array.flush()
-        del array
+
+    def __init__(self, file: Any, shape: tuple[int, ...], dtype: Any) -> None:
+        self.file, self.shape, self.dtype = file, tuple(shape), np.dtype(dtype)
+        self.written = 0
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __setitem__(self, where: slice, rows: np.ndarray) -> None:
+        start, stop, step = where.indices(self.shape[0])
+        if step != 1 or start != self.written:
+            raise ValueError(
+                f"rows must be written in order: row {self.written} is next, not {start}"
+            )
+        block = np.ascontiguousarray(rows, dtype=self.dtype)
+        if block.shape != (stop - start, *self.shape[1:]):
+            raise ValueError(
+                f"rows {start}:{stop} of {self.shape} cannot take a block of {block.shape}"
+            )
+        self.file.write(block.data)
+        self.written = stop
+
+
+@contextlib.contextmanager
+def npy_writer(path: str | Path, shape: tuple[int, ...], dtype: Any) -> Iterator[RowWriter]:
+    """Yield a ``RowWriter`` of a .npy of ``shape``, filled block by block, renamed at the end
+    only if every row was written.
+
+    Memory stays flat however many rows are written. The file's space is reserved first: a full
+    disk ends the run with a message before any work. The bytes are those of ``np.save``.
+    The rename does not wait for the bytes to reach the disk: these arrays run to gigabytes,
+    DVC copies each one into its cache as soon as the stage ends (without waiting either), and
+    the kernel writes them out while the next stage starts.
+    """
+    dtype = np.dtype(dtype)
+    header = io.BytesIO()
+    fields = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False}
+    np.lib.format.write_array_header_1_0(header, {**fields, "shape": tuple(shape)})
+    size = header.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    with atomic_path(path, sync=False) as tmp:
+        try:
+            preallocate(tmp, size)
+        except OSError as err:
+            err.needed = size  # for no_room_error
+            raise
+        with open(tmp, "r+b") as f:
+            f.write(header.getvalue())
+            out = RowWriter(f, shape, dtype)
+            yield out
+        if out.written != out.shape[0]:
+            raise RuntimeError(f"wrote {out.written} of the {out.shape[0]} rows of '{path}'")
 
 
 @contextlib.contextmanager

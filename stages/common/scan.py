@@ -139,7 +139,8 @@ def _entry_reason(entry: Path, real_root: Path) -> str | None:
         return "undecodable_name"
     if is_stray(entry.name):
         return "hidden_or_system_file"
-    if _leaves_root(entry, real_root):
+    # Its class folder is inside the root (scan_folder checked it): only a symlink can leave.
+    if entry.is_symlink() and _leaves_root(entry, real_root):
         return "symlink_outside"
     if entry.is_dir():
         return "nested_folder"

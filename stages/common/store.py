@@ -20,6 +20,7 @@ warm or not (tests/test_growing.py).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
@@ -43,17 +44,12 @@ def part(value: Any) -> bytes:
     return len(data).to_bytes(8, "big") + data
 
 
-def hasher(*parts: Any):
-    """A sha256 that has taken ``parts``: ``.copy()`` it to hash many rows after one prefix."""
+def digest(*parts: Any) -> bytes:
+    """sha256 of ``parts`` (bytes as they are, anything else as sorted JSON), length-prefixed."""
     h = hashlib.sha256()
     for value in parts:
         h.update(part(value))
-    return h
-
-
-def digest(*parts: Any) -> bytes:
-    """sha256 of ``parts`` (bytes as they are, anything else as sorted JSON), length-prefixed."""
-    return hasher(*parts).digest()
+    return h.digest()
 
 
 def code_digest(*files: str | Path) -> str:
@@ -61,41 +57,61 @@ def code_digest(*files: str | Path) -> str:
     return digest(*(Path(f).read_bytes() for f in files)).hex()
 
 
+def row_digests(
+    rows: np.ndarray, prefixes: np.ndarray | bytes, length: int = KEY_BYTES
+) -> np.ndarray:
+    """(n, length) uint8: the first bytes of sha256(prefix + row bytes) of each row.
+
+    ``prefixes``: one bytes for every row, or (n, p) uint8, a prefix per row. The loop touches
+    only Python bytes and memoryviews: over a hundred thousand rows, per-row NumPy calls cost
+    more than the hashing.
+    """
+    rows = np.ascontiguousarray(rows)
+    n = len(rows)
+    data = memoryview(rows.reshape(n, -1)).cast("B") if n else memoryview(b"")
+    size = rows[0].nbytes if n else 0
+    if isinstance(prefixes, bytes):
+        table, width = prefixes, 0
+    else:
+        table, width = np.ascontiguousarray(prefixes, dtype=np.uint8).tobytes(), prefixes.shape[1]
+    salted = hashlib.sha256(prefixes if isinstance(prefixes, bytes) else b"")
+    out = bytearray()
+    for j in range(n):
+        h = salted.copy()
+        if width:
+            h.update(table[j * width : (j + 1) * width])
+        h.update(data[j * size : (j + 1) * size])
+        out += h.digest()[:length]
+    return np.frombuffer(bytes(out), dtype=np.uint8).reshape(n, length)
+
+
 def content_keys(images: np.ndarray, salt: bytes, progress=None, chunk: int = 1024) -> np.ndarray:
     """(N, 32) uint8: sha256(salt + row bytes) of every row of ``images`` (read chunk by chunk)."""
     keys = np.empty((len(images), KEY_BYTES), dtype=np.uint8)
-    salted = hashlib.sha256(salt)
     for lo in range(0, len(images), chunk):
         rows = np.ascontiguousarray(images[lo : lo + chunk])
-        for i, row in enumerate(rows):
-            h = salted.copy()
-            h.update(row)  # the row's buffer, not a copy of it
-            keys[lo + i] = np.frombuffer(h.digest(), dtype=np.uint8)
+        keys[lo : lo + len(rows)] = row_digests(rows, salt)
         release_rows(images, lo, lo + len(rows))
         if progress is not None:
             progress.add(len(rows))
     return keys
 
 
-def row_check(key: bytes, row: np.ndarray, extra: bytes = b"") -> bytes:
-    """The first bytes of sha256(key + extra + row bytes): what a stored row is verified by."""
-    h = hashlib.sha256(key)
-    h.update(extra)
-    h.update(np.ascontiguousarray(row))
-    return h.digest()[:CHECK_BYTES]
+def row_checks(index: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(n, 8) uint8: the check of each row under its index entry (key, check, extras): the first
+    bytes of sha256(key + extras + row bytes)."""
+    prefixes = np.concatenate([index[:, :KEY_BYTES], index[:, INDEX_WIDTH:]], axis=1)
+    return row_digests(rows, prefixes, CHECK_BYTES)
 
 
 def index_rows(keys: np.ndarray, rows: np.ndarray, extras: np.ndarray | None = None) -> np.ndarray:
     """(n, 40 + e) uint8 index of ``rows``: each row's key, its check, then its ``extras`` (e bytes)."""
     width = INDEX_WIDTH + (0 if extras is None else extras.shape[1])
-    index = np.empty((len(keys), width), dtype=np.uint8)
+    index = np.zeros((len(keys), width), dtype=np.uint8)
     index[:, :KEY_BYTES] = keys
     if extras is not None:
         index[:, INDEX_WIDTH:] = extras
-    for i, key in enumerate(keys):
-        extra = index[i, INDEX_WIDTH:].tobytes()
-        check = row_check(key.tobytes(), rows[i], extra)
-        index[i, KEY_BYTES:INDEX_WIDTH] = np.frombuffer(check, dtype=np.uint8)
+    index[:, KEY_BYTES:INDEX_WIDTH] = row_checks(index, rows)
     return index
 
 
@@ -112,6 +128,22 @@ def _cache_object(cache: Path, md5: str, legacy: bool) -> Path:
     return base / md5[:2] / md5[2:]
 
 
+def read_lock(path: Path) -> dict:
+    """``dvc.lock`` as data, parsed once per version of the file (a stage reads it several
+    times; DVC rewrites it only after the stage ends)."""
+    info = path.stat()
+    return _parsed_lock(path.resolve(), info.st_mtime_ns, info.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _parsed_lock(path: Path, mtime_ns: int, size: int) -> dict:
+    import yaml
+
+    # libyaml's parser where PyYAML has it: the same data, several times faster.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=loader) or {}
+
+
 def locked_output_files(stage: str, out: str | Path) -> dict[str, Path]:
     """relpath -> cached file of the output ``out`` of ``stage`` as ``dvc.lock`` has it.
 
@@ -120,9 +152,7 @@ def locked_output_files(stage: str, out: str | Path) -> dict[str, Path]:
     pulled, garbage-collected): the store is then cold, which costs time only.
     """
     try:
-        import yaml
-
-        lock = yaml.safe_load(LOCK_FILE.read_text(encoding="utf-8")) or {}
+        lock = read_lock(LOCK_FILE)
         entry = next(o for o in lock["stages"][stage]["outs"] if Path(o["path"]) == Path(out))
         md5 = entry["md5"]
         legacy = entry.get("hash") != "md5"
@@ -152,11 +182,18 @@ def previous_outputs(stage: str, out: str | Path) -> list[dict[str, Path]]:
 
 
 class Store:
-    """Rows of earlier outputs by key; each row is verified against its check before use."""
+    """Rows of earlier outputs by key; each row is verified against its check before use.
+
+    Keys are looked up all at once with NumPy (sorted by their first 8 bytes, then compared
+    whole), not one by one: a folder of tens of thousands of images has over a hundred thousand
+    stored rows, and a Python loop per row was most of a rerun's time. Where a key is stored
+    more than once, the first source added holds it.
+    """
 
     def __init__(self) -> None:
-        self._where: dict[bytes, tuple[int, int]] = {}
         self._sources: list[tuple[np.ndarray, np.ndarray]] = []
+        self._lookup: tuple[np.ndarray, ...] | None = None
+        self._dropped = np.zeros(0, dtype=bool)  # per stored row: failed its check
 
     def add(self, index_path: Path | None, data_path: Path | None) -> None:
         """Offer the rows of ``data_path`` under the keys in ``index_path`` (bad files are skipped)."""
@@ -171,10 +208,9 @@ class Store:
         if index.ndim != 2 or index.shape[1] < INDEX_WIDTH or len(index) != len(data):
             print(f"  store: skipped {data_path} (its index does not match it)")
             return
-        source = len(self._sources)
         self._sources.append((index, data))
-        for row, key in enumerate(index[:, :KEY_BYTES]):
-            self._where.setdefault(key.tobytes(), (source, row))
+        self._lookup = None
+        self._dropped = np.concatenate([self._dropped, np.zeros(len(index), dtype=bool)])
 
     def add_outputs(self, stage: str, out: Path, pairs: Iterable[tuple[str, str]]) -> None:
         """Offer every (index file, data file) pair of the previous run's ``out``."""
@@ -182,59 +218,107 @@ class Store:
             for index_name, data_name in pairs:
                 self.add(files.get(index_name), files.get(data_name))
 
-    def __len__(self) -> int:
-        return len(self._where)
+    def _table(self) -> tuple[np.ndarray, ...]:
+        """(every stored key, their 8-byte prefixes sorted, the order that sorts them, each
+        stored row's source and row in it), built once after the last ``add``."""
+        if self._lookup is None:
+            indexes = [index for index, _ in self._sources]
+            keys = np.concatenate([i[:, :KEY_BYTES] for i in indexes] or [np.zeros((0, 32))])
+            keys = np.ascontiguousarray(keys, dtype=np.uint8)
+            prefixes = keys[:, :8].copy().view(np.uint64).ravel()
+            order = np.argsort(prefixes, kind="stable")  # the first source first among equals
+            sources = np.repeat(np.arange(len(indexes)), [len(i) for i in indexes])
+            rows = np.concatenate([np.arange(len(i)) for i in indexes] or [np.zeros(0, int)])
+            self._lookup = (keys, prefixes[order], order, sources, rows)
+        return self._lookup
+
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """For each of ``keys`` ((n, 32) uint8), the stored row holding it (a number over every
+        source), or -1 where none does (never stored, or dropped by ``verify``)."""
+        stored, sorted_prefixes, order, _, _ = self._table()
+        keys = np.ascontiguousarray(keys, dtype=np.uint8).reshape(-1, KEY_BYTES)
+        found = np.full(len(keys), -1, dtype=np.int64)
+        if not len(stored) or not len(keys):
+            return found
+        prefixes = keys[:, :8].copy().view(np.uint64).ravel()
+        at = np.searchsorted(sorted_prefixes, prefixes)
+        inside = at < len(order)
+        first = order[np.minimum(at, len(order) - 1)]
+        same = inside & (stored[first] == keys).all(axis=1)
+        found[same] = first[same]
+        # Another key with the same 8 first bytes sorted before this one (never seen in
+        # practice): look along the run of equal prefixes.
+        for j in np.flatnonzero(
+            inside & ~same & (sorted_prefixes[np.minimum(at, len(order) - 1)] == prefixes)
+        ):
+            k = at[j]
+            while k < len(order) and sorted_prefixes[k] == prefixes[j]:
+                if (stored[order[k]] == keys[j]).all():
+                    found[j] = order[k]
+                    break
+                k += 1
+        found[found >= 0] = np.where(self._dropped[found[found >= 0]], -1, found[found >= 0])
+        return found
+
+    def _by_source(self, found: np.ndarray):
+        """(positions in ``found``, source, its rows in file order) for each source holding some."""
+        _, _, _, sources, rows = self._table()
+        present = np.flatnonzero(found >= 0)
+        source_of = sources[found[present]]
+        for source in np.unique(source_of):
+            where = present[source_of == source]
+            local = rows[found[where]]
+            order = np.argsort(local, kind="stable")
+            yield where[order], self._sources[source], local[order]
 
     def verify(self, keys: np.ndarray) -> np.ndarray:
         """For each of ``keys`` ((n, 32) uint8): is a row stored and does it pass its check? One
         that fails is dropped. Rows are read source by source, in file order."""
+        found = self.find(keys)
         ok = np.zeros(len(keys), dtype=bool)
-        for i, (index, data), rows in self._located(keys):
+        for i, (index, data), rows in self._by_source(found):
             try:
                 block = np.asarray(data[rows])
             except (OSError, ValueError):
                 continue
             entries = index[rows]
-            for j, row, entry in zip(i, block, entries, strict=True):
-                key = entry[:KEY_BYTES].tobytes()
-                check = row_check(key, row, entry[INDEX_WIDTH:].tobytes())
-                ok[j] = check == entry[KEY_BYTES:INDEX_WIDTH].tobytes()
-        for j in np.flatnonzero(~ok):
-            self._where.pop(keys[j].tobytes(), None)
+            checks = row_checks(entries, block)
+            ok[i] = (checks == entries[:, KEY_BYTES:INDEX_WIDTH]).all(axis=1)
+        self._dropped[found[(found >= 0) & ~ok]] = True
         return ok
 
-    def rows(self, keys: np.ndarray, shape: tuple, dtype, width: int) -> tuple:
-        """The stored rows of ``keys`` (all accepted by ``verify``), in order, and their index
-        entries; an entry whose width is not ``width`` is left zero (its check is recomputed)."""
-        rows = np.empty((len(keys), *shape), dtype=dtype)
-        entries = np.zeros((len(keys), width), dtype=np.uint8)
-        for i, (index, data), found in self._located(keys):
-            rows[i] = data[found]
-            if index.shape[1] == width:
-                entries[i] = index[found]
-        return rows, entries
+    def copy_rows(
+        self, keys: np.ndarray, out: np.ndarray, at: np.ndarray, index: np.ndarray
+    ) -> None:
+        """Copy the stored rows of ``keys`` (all accepted by ``verify``) into ``out[at]``, and
+        their index entries into ``index[at]`` where the widths agree (others are left as they
+        are). A run of consecutive rows is copied as one slice, straight from the file."""
+        for i, (stored_index, data), rows in self._by_source(self.find(keys)):
+            into = consecutive(at[i])
+            out[into] = data[consecutive(rows)]
+            if stored_index.shape[1] == index.shape[1]:
+                index[into] = stored_index[rows]
 
-    def _located(self, keys: np.ndarray):
-        """(positions in ``keys``, source, its rows sorted) for each source holding some of them."""
-        found = [self._where.get(key.tobytes()) for key in keys]
-        for source in {f[0] for f in found if f is not None}:
-            picked = sorted((f[1], j) for j, f in enumerate(found) if f and f[0] == source)
-            rows = np.array([r for r, _ in picked], dtype=np.int64)
-            yield np.array([j for _, j in picked], dtype=np.int64), self._sources[source], rows
+    def extras(self, keys: np.ndarray) -> np.ndarray:
+        """The extra index bytes stored with each of ``keys`` (all accepted by ``verify``)."""
+        found = self.find(keys)
+        width = min(index.shape[1] for index, _ in self._sources) if self._sources else INDEX_WIDTH
+        extras = np.zeros((len(keys), width - INDEX_WIDTH), dtype=np.uint8)
+        for i, (index, _), rows in self._by_source(found):
+            extras[i] = index[rows, INDEX_WIDTH:width]
+        return extras
 
     def release(self) -> None:
         """Hand the pages of every stored array read so far back to the OS (``release_rows``)."""
         for _, data in self._sources:
             release_rows(data, 0, len(data))
 
-    def extra(self, key: bytes) -> np.ndarray:
-        """The extra index bytes stored with ``key`` (verified with the row)."""
-        return self.entry(key)[INDEX_WIDTH:]
 
-    def entry(self, key: bytes) -> np.ndarray:
-        """The stored index row of ``key`` (key, check, extras), verified with its row."""
-        source, row = self._where[key]
-        return self._sources[source][0][row]
+def consecutive(rows: np.ndarray) -> slice | np.ndarray:
+    """``rows`` as a slice where they are consecutive (a view instead of a gathered copy)."""
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
 
 
 def missing_rows(store: Store, keys: np.ndarray, chunk: int = 1024) -> np.ndarray:
@@ -245,24 +329,27 @@ def missing_rows(store: Store, keys: np.ndarray, chunk: int = 1024) -> np.ndarra
     """
     missing = []
     for lo in range(0, len(keys), chunk):
-        missing += (lo + np.flatnonzero(~store.verify(keys[lo : lo + chunk]))).tolist()
+        missing.append(lo + np.flatnonzero(~store.verify(keys[lo : lo + chunk])))
         store.release()
-    return np.array(missing, dtype=np.int64)
+    return np.concatenate(missing or [np.zeros(0, dtype=np.int64)]).astype(np.int64)
 
 
-def first_of_each(keys: np.ndarray, which: Sequence[int]) -> tuple[np.ndarray, dict[bytes, int]]:
-    """The rows of ``which`` whose key was not seen before, and key -> position among them.
+def first_of_each(keys: np.ndarray, which: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``which`` whose key was not seen before among them, and for every row of
+    ``keys`` its position among those (-1 for a row outside ``which``).
 
     Identical images (same key) are computed once and the result copied to each row.
     """
-    seen: dict[bytes, int] = {}
-    picked = []
-    for i in which:
-        key = keys[i].tobytes()
-        if key not in seen:
-            seen[key] = len(picked)
-            picked.append(i)
-    return np.array(picked, dtype=np.int64), seen
+    which = np.asarray(which, dtype=np.int64)
+    slots = np.full(len(keys), -1, dtype=np.int64)
+    if not len(which):
+        return which, slots
+    picked_keys = np.ascontiguousarray(keys[which], dtype=np.uint8).view(f"V{KEY_BYTES}").ravel()
+    _, first, inverse = np.unique(picked_keys, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))  # positions in order of first appearance
+    slots[which] = rank[inverse.ravel()]
+    return which[np.sort(first)], slots
 
 
 def assemble(
@@ -270,41 +357,39 @@ def assemble(
     keys: np.ndarray,
     store: Store,
     computed: np.ndarray,
-    position: dict[bytes, int],
+    slots: np.ndarray,
     extras: np.ndarray | None = None,
     chunk: int = 1024,
 ) -> np.ndarray:
-    """Fill ``out`` in order from ``computed`` (rows of new keys) and the store; return its index.
+    """Fill ``out`` in order from ``computed`` and the store; return its index.
 
-    ``extras`` (rows of bytes stored with each row, e.g. split's notes) go into the index.
-    Written chunk by chunk, each chunk's pages (and those read from ``computed`` and the store)
-    released, so memory stays flat however large ``out`` is.
+    ``slots``: for each row, its row in ``computed`` (``first_of_each``), or -1 to copy it from
+    the store. ``extras`` (rows of bytes stored with each row, e.g. split's notes) go into the
+    index. Written chunk by chunk, each chunk's pages (and those read from ``computed`` and the
+    store) released, so memory stays flat however large ``out`` is.
     A reused row keeps its verified index entry (same key, row and extras: the same check);
     only new rows are hashed.
     """
     width = INDEX_WIDTH + (0 if extras is None else extras.shape[1])
-    index = np.empty((len(keys), width), dtype=np.uint8)
+    index = np.zeros((len(keys), width), dtype=np.uint8)
     for lo in range(0, len(keys), chunk):
         hi = min(lo + chunk, len(keys))
         block = np.empty((hi - lo, *out.shape[1:]), dtype=out.dtype)
-        found = [position.get(key.tobytes()) for key in keys[lo:hi]]
-        new = np.array([j for j, pos in enumerate(found) if pos is not None], dtype=np.int64)
-        old = np.array([j for j, pos in enumerate(found) if pos is None], dtype=np.int64)
+        new = np.flatnonzero(slots[lo:hi] >= 0)
+        old = np.flatnonzero(slots[lo:hi] < 0)
         if len(new):
-            block[new] = computed[[found[j] for j in new]]
-        entries = np.zeros((0, width), dtype=np.uint8)
+            block[new] = computed[slots[lo + new]]
+        entries = index[lo:hi]  # a view: filled in place
         if len(old):
-            block[old], entries = store.rows(keys[lo + old], out.shape[1:], out.dtype, width)
+            store.copy_rows(keys[lo + old], block, old, entries)
         out[lo:hi] = block
-        index[lo + old] = entries
         # A reused entry is kept when it is this row's (key, extras): then its check is too.
-        differs = (entries[:, :KEY_BYTES] != keys[lo + old]).any(axis=1)
+        differs = (entries[old, :KEY_BYTES] != keys[lo + old]).any(axis=1)
         if extras is not None:
-            differs |= (entries[:, INDEX_WIDTH:] != extras[lo + old]).any(axis=1)
-        stale = old[differs]
-        fresh = np.concatenate([new, stale])
+            differs |= (entries[old, INDEX_WIDTH:] != extras[lo + old]).any(axis=1)
+        fresh = np.concatenate([new, old[differs]])
         if len(fresh):
-            index[lo + fresh] = index_rows(
+            entries[fresh] = index_rows(
                 keys[lo + fresh], block[fresh], None if extras is None else extras[lo + fresh]
             )
         release_rows(out, lo, hi)
