@@ -206,13 +206,13 @@ def test_queued_sweep_sees_the_images_once_dvc_tracks_them_and_trains_heads_only
             "-S",
             "train.layers=[16],[32]",
             "-S",
-            "train.dropout=0.2,0.4",
+            "train.dropout=0.2",
         ],
         a,
         env=env,
     )
     tasks = run_queue(a, env)
-    assert sorted(tasks.values()) == ["Success"] * 4, tasks
+    assert sorted(tasks.values()) == ["Success"] * 2, tasks
     for name in tasks:
         assert set(stages_run(queue_log(a, env, name))) == {"train", "evaluate"}, name
 
@@ -224,7 +224,7 @@ def test_queued_sweep_sees_the_images_once_dvc_tracks_them_and_trains_heads_only
         )
         for d in found.values()
     )
-    assert grid == [(16, 0.2), (16, 0.4), (32, 0.2), (32, 0.4)]
+    assert grid == [(16, 0.2), (32, 0.2)]
     for data in found.values():
         metrics = data["metrics"]["metrics/metrics.json"]["data"]
         assert 0 <= metrics["val"]["accuracy"] <= 1 and 0 <= metrics["test"]["accuracy"] <= 1
