@@ -70,11 +70,11 @@ def row_digests(
     n = len(rows)
     data = memoryview(rows.reshape(n, -1)).cast("B") if n else memoryview(b"")
     size = rows[0].nbytes if n else 0
-    if isinstance(prefixes, bytes):
-        table, width = prefixes, 0
+    if isinstance(prefixes, bytes):  # one prefix: hashed once, copied for each row
+        salted, table, width = hashlib.sha256(prefixes), b"", 0
     else:
-        table, width = np.ascontiguousarray(prefixes, dtype=np.uint8).tobytes(), prefixes.shape[1]
-    salted = hashlib.sha256(prefixes if isinstance(prefixes, bytes) else b"")
+        salted, width = hashlib.sha256(), prefixes.shape[1]
+        table = np.ascontiguousarray(prefixes, dtype=np.uint8).tobytes()
     out = bytearray()
     for j in range(n):
         h = salted.copy()
@@ -139,9 +139,11 @@ def read_lock(path: Path) -> dict:
 def _parsed_lock(path: Path, mtime_ns: int, size: int) -> dict:
     import yaml
 
-    # libyaml's parser where PyYAML has it: the same data, several times faster.
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return yaml.load(path.read_text(encoding="utf-8"), Loader=loader) or {}
+    try:  # libyaml's safe loader where PyYAML has it: the same data, several times faster
+        from yaml import CSafeLoader as SafeLoader
+    except ImportError:
+        from yaml import SafeLoader
+    return yaml.load(path.read_text(encoding="utf-8"), Loader=SafeLoader) or {}
 
 
 def locked_output_files(stage: str, out: str | Path) -> dict[str, Path]:
@@ -257,7 +259,8 @@ class Store:
                     found[j] = order[k]
                     break
                 k += 1
-        found[found >= 0] = np.where(self._dropped[found[found >= 0]], -1, found[found >= 0])
+        hit = found >= 0
+        found[hit] = np.where(self._dropped[found[hit]], -1, found[hit])
         return found
 
     def _by_source(self, found: np.ndarray):
