@@ -16,8 +16,8 @@ import io
 import json
 import mmap
 import os
+import secrets
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -29,12 +29,6 @@ from stages.common.errors import PipelineError
 
 # A write that fails for want of room: a full disk, a quota, a file-size limit (ulimit -f).
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def remove_leftovers(directory: Path, prefix: str) -> None:
@@ -110,33 +104,52 @@ def open_npy_memmap(path: str | Path, shape: tuple[int, ...], dtype: Any) -> np.
 
 
 @contextlib.contextmanager
+def temporary_file(directory: Path, prefix: str, suffix: str = "") -> Iterator[Path]:
+    """Yield a new empty file ``directory/<prefix><random><suffix>``, deleted afterwards
+    whatever happens (its mode is the usual one for new files).
+
+    The name is fixed before the file exists, inside the ``try``: a Ctrl-C at any moment comes
+    either before the file exists or before the ``finally`` that deletes it. (A file from
+    ``tempfile.mkstemp`` can outlive a Ctrl-C that arrives just as it returns.)
+    """
+    tmp = None
+    try:
+        while tmp is None:
+            tmp = directory / f"{prefix}{secrets.token_hex(8)}{suffix}"
+            try:
+                with open(tmp, "xb"):
+                    pass
+            except FileExistsError:
+                tmp = None  # another file's name: never ours to delete
+        yield tmp
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | Path, sync: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     Temporaries of ``path`` left by an earlier, killed run are removed first. ``sync``: wait
-    until the file's bytes are on the disk before the rename.
+    until the file's bytes are on the disk before the rename. The temporary keeps ``path``'s
+    suffixes, for libraries that dispatch on them (Keras, NumPy).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(path.parent, f".tmp-{path.name}.")
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
-    os.close(fd)
-    # Keep the real suffix so that libraries which dispatch on it (Keras, numpy) still work.
-    tmp_path = Path(tmp + "".join(path.suffixes))
-    os.replace(tmp, tmp_path)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
-    try:
-        yield tmp_path
-        if sync:
-            with open(tmp_path, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except OSError as err:
-        if err.errno in NO_ROOM:
-            raise no_room_error(path, err, getattr(err, "needed", None)) from None
-        raise
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    suffix = "".join(path.suffixes)
+    with temporary_file(path.parent, f".tmp-{path.name}.", suffix) as tmp_path:
+        try:
+            yield tmp_path
+            if sync:
+                with open(tmp_path, "rb+") as f:
+                    os.fsync(f.fileno())
+            os.replace(tmp_path, path)
+        except OSError as err:
+            if err.errno in NO_ROOM:
+                raise no_room_error(path, err, getattr(err, "needed", None)) from None
+            raise
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -288,16 +301,13 @@ def scratch_path(directory: str | Path, suffix: str) -> Iterator[Path]:
     """
     Path(directory).mkdir(parents=True, exist_ok=True)
     remove_leftovers(Path(directory), ".scratch-")
-    fd, tmp = tempfile.mkstemp(prefix=".scratch-", suffix=suffix, dir=directory)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-    except OSError as err:
-        if err.errno in NO_ROOM:
-            raise no_room_error(Path(tmp), err, getattr(err, "needed", None)) from None
-        raise
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with temporary_file(Path(directory), ".scratch-", suffix) as tmp:
+        try:
+            yield tmp
+        except OSError as err:
+            if err.errno in NO_ROOM:
+                raise no_room_error(tmp, err, getattr(err, "needed", None)) from None
+            raise
 
 
 def release_rows(array: np.ndarray, lo: int, hi: int) -> None:
